@@ -1,0 +1,1 @@
+"""code_interpreter: a safe, fast execute_python_code tool for LLM agents."""

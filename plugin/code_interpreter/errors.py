@@ -1,0 +1,114 @@
+"""Exceptions raised by code_interpreter.
+
+Every exception the package raises on purpose derives from :class:`CodeInterpreterError`;
+third-party exceptions (pymongo, OSError, pip) are converted where they enter the package.
+An error in the *user's code* is not an exception: it is data in the execution result.
+
+    CodeInterpreterError
+    ├── ConfigurationError        invalid settings or environment variables
+    ├── StorageUnavailable        MongoDB unreachable after bounded retries
+    ├── FileStoreError
+    │   ├── FileTooLarge          upload over max_file_size
+    │   ├── FileNotFound          unknown, expired or another user's file
+    │   └── QuotaExceeded         per-user file count or byte quota reached
+    ├── PolicyViolation           the AST policy refused the code (a courtesy, not the wall)
+    ├── PackageError
+    │   ├── PackageNotApproved    a name that is not on the approved list, or not a plain name
+    │   └── PackageInstallError   pip failed (network, sdist only, disk full …)
+    ├── SandboxError              the sandbox could not be set up or the zygote failed
+    │   ├── IsolationUnavailable  the requested isolation mode cannot be had here
+    │   ├── SandboxTimeout        wall-clock limit reached (the child was killed)
+    │   └── SandboxCrashed        the zygote or child died unexpectedly
+    ├── ToolArgumentError         the model's tool arguments were malformed
+    └── BudgetExceeded            a request's estimate would pass the user's budget
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "CodeInterpreterError",
+    "ConfigurationError",
+    "FileNotFound",
+    "FileStoreError",
+    "FileTooLarge",
+    "IsolationUnavailable",
+    "PackageError",
+    "PackageInstallError",
+    "PackageNotApproved",
+    "PolicyViolation",
+    "QuotaExceeded",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxTimeout",
+    "StorageUnavailable",
+    "ToolArgumentError",
+]
+
+
+class CodeInterpreterError(Exception):
+    """Root of every exception raised by code_interpreter."""
+
+
+class ConfigurationError(CodeInterpreterError, ValueError):
+    """A setting or environment variable has an invalid value."""
+
+
+class StorageUnavailable(CodeInterpreterError):
+    """MongoDB could not be reached after bounded retries."""
+
+
+class FileStoreError(CodeInterpreterError):
+    """A file-store operation was refused."""
+
+
+class FileTooLarge(FileStoreError):
+    """An upload exceeded the maximum file size."""
+
+
+class FileNotFound(FileStoreError):
+    """The file does not exist, has expired, or belongs to another user."""
+
+
+class QuotaExceeded(FileStoreError):
+    """The user's file-count or byte quota is reached."""
+
+
+class PolicyViolation(CodeInterpreterError):
+    """The policy check refused the code; the message names the construct and line."""
+
+
+class PackageError(CodeInterpreterError):
+    """A package could not be approved or installed."""
+
+
+class PackageNotApproved(PackageError):
+    """The package is not approved, or its name is not a plain distribution name."""
+
+
+class PackageInstallError(PackageError):
+    """pip failed to install an approved package."""
+
+
+class SandboxError(CodeInterpreterError):
+    """The sandbox could not be set up, or the fork server failed."""
+
+
+class IsolationUnavailable(SandboxError):
+    """The requested isolation mode is not available on this host."""
+
+
+class SandboxTimeout(SandboxError):
+    """The execution hit its wall-clock limit and was killed."""
+
+
+class SandboxCrashed(SandboxError):
+    """The fork server or the execution child died unexpectedly."""
+
+
+class ToolArgumentError(CodeInterpreterError, ValueError):
+    """The model's tool-call arguments were malformed."""
+
+
+class BudgetExceeded(CodeInterpreterError):
+    """The request's estimated cost would pass the user's configured budget."""

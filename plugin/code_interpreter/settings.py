@@ -1,0 +1,295 @@
+"""Settings: one frozen dataclass, read from ``CODE_INTERPRETER_<FIELD>`` environment variables.
+
+Every field can be set in code (``Settings(max_timeout=120)``), from the environment
+(``CODE_INTERPRETER_MAX_TIMEOUT=120``; ``MONGODB_URI`` for ``mongodb_uri``), or both:
+:meth:`Settings.from_env` reads the environment and applies keyword overrides on top.
+Tuples are comma-separated in the environment; booleans accept 1/0/true/false/yes/no.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "ENV_PREFIX",
+    "FILE_TTL_HOURS",
+    "MAX_FILE_SIZE",
+    "MAX_OUTPUT_BYTES",
+    "MAX_TIMEOUT_S",
+    "Settings",
+]
+
+ENV_PREFIX = "CODE_INTERPRETER_"
+
+# Limits in one place (the seed's documented behaviour).
+FILE_TTL_HOURS = 48.0
+MAX_FILE_SIZE = 50 * 2**20
+DEFAULT_TIMEOUT_S = 60
+MAX_TIMEOUT_S = 300
+MAX_OUTPUT_BYTES = 100_000
+MAX_CODE_BYTES = 2_000_000
+RUNTIME_REBUILD_DAYS = 7.0
+
+Isolation = Literal["strict", "namespaces", "none"]
+PolicyMode = Literal["default", "off"]
+QuotaPolicy = Literal["refuse", "evict"]
+
+DEFAULT_RUNTIME_PACKAGES = (
+    "numpy",
+    "pandas",
+    "matplotlib",
+    "seaborn",
+    "scipy",
+    "openpyxl",
+    "pyarrow",
+    "pillow",
+)
+DEFAULT_PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot", "seaborn")
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "code-interpreter"
+
+
+def _default_parallel() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of a CodeInterpreter; every field is also read from the environment."""
+
+    home: Path = field(default_factory=_default_home)
+    """Data directory: embedded database, runtime venv, file cache, work dirs."""
+    mongodb_uri: str | None = None
+    """MongoDB URI (env ``MONGODB_URI``); None starts the embedded SecantusDB server."""
+    database: str = "code_interpreter"
+    """Database name used in MongoDB."""
+
+    file_expiration_hours: float = FILE_TTL_HOURS
+    """Hours an uploaded or generated file is kept; -1 keeps files forever."""
+    max_file_size: int = MAX_FILE_SIZE
+    """Largest accepted file in bytes."""
+    max_files_per_user: int = 1000
+    """Per-user quota: number of unexpired files."""
+    max_bytes_per_user: int = 2 * 2**30
+    """Per-user quota: total bytes of unexpired files."""
+    quota_policy: QuotaPolicy = "refuse"
+    """At the quota: refuse the upload, or evict the user's oldest files."""
+
+    default_timeout: int = DEFAULT_TIMEOUT_S
+    """Wall-clock seconds for an execution when the call gives none."""
+    max_timeout: int = MAX_TIMEOUT_S
+    """Largest wall-clock timeout a call may ask for."""
+    max_output_bytes: int = MAX_OUTPUT_BYTES
+    """Cap on captured stdout (and separately stderr); head and tail are kept."""
+    max_code_bytes: int = MAX_CODE_BYTES
+    """Largest accepted source code in bytes."""
+    max_generated_files: int = 20
+    """Most generated files returned per execution."""
+    max_generated_bytes: int = 50 * 2**20
+    """Most bytes of generated files returned per execution."""
+
+    isolation: Isolation = "strict"
+    """Sandbox mode: strict (root: namespaces + uid drop), namespaces (user namespaces), none."""
+    sandbox_uid: int = 65534
+    """Unprivileged uid the child switches to in strict mode."""
+    sandbox_gid: int = 65534
+    """Unprivileged gid the child switches to in strict mode."""
+    policy: PolicyMode = "default"
+    """AST policy check before running (a helpful refusal, not the wall); "off" disables it."""
+    memory_limit_mb: int = 2048
+    """Memory limit per execution (cgroup v1 where writable, else RLIMIT_AS)."""
+    max_processes: int = 64
+    """Process limit per execution (RLIMIT_NPROC after the uid drop, cgroup pids)."""
+    max_open_files: int = 256
+    """RLIMIT_NOFILE in the child."""
+    max_write_mb: int = 512
+    """RLIMIT_FSIZE in the child: the largest file it may write."""
+    work_dir_mb: int = 1024
+    """Size of the child's private tmpfs work dir."""
+
+    runtime_dir: Path | None = None
+    """Sandbox runtime venv; default ``home/runtime``."""
+    runtime_python: str | None = None
+    """Base interpreter for the runtime venv; None picks one the sandbox uid can run."""
+    runtime_packages: tuple[str, ...] = DEFAULT_RUNTIME_PACKAGES
+    """Packages installed when the runtime is created."""
+    preload_modules: tuple[str, ...] = DEFAULT_PRELOAD
+    """Modules the zygote imports before forking (missing ones are skipped)."""
+    approved_packages: tuple[str, ...] | None = None
+    """Approved distributions; None uses the shipped list (data/approved_packages.json)."""
+    pip_constraints: Path | None = None
+    """Optional pip constraints file pinning versions."""
+    pip_timeout: int = 900
+    """Seconds one pip install may take."""
+    runtime_rebuild_days: float = RUNTIME_REBUILD_DAYS
+    """Rebuild the runtime aside and swap it in after this many days; -1 never."""
+
+    max_parallel: int = field(default_factory=_default_parallel)
+    """Most executions running at once; the rest queue."""
+    max_parallel_per_user: int = 0
+    """Most executions one user may run at once; 0 means half of max_parallel (at least 1)."""
+
+    daily_budget_usd: float | None = None
+    """Per-user daily budget enforced by the agent loop; None disables the guard."""
+    image_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
+    """Hosts whose image headers may be read to size images for token estimates."""
+    prices_file: Path | None = None
+    """Operator's price table overriding data/prices.json."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def runtime_path(self) -> Path:
+        """The runtime venv directory."""
+        return self.runtime_dir if self.runtime_dir is not None else self.home / "runtime"
+
+    @property
+    def per_user_parallel(self) -> int:
+        """Effective per-user parallel cap."""
+        if self.max_parallel_per_user > 0:
+            return min(self.max_parallel_per_user, self.max_parallel)
+        return max(1, self.max_parallel // 2)
+
+    @property
+    def file_ttl_seconds(self) -> float | None:
+        """File lifetime in seconds, None for never."""
+        return None if self.file_expiration_hours < 0 else self.file_expiration_hours * 3600.0
+
+    def clamp_timeout(self, timeout: float | None) -> tuple[float, str | None]:
+        """Return (effective timeout, note) for a requested timeout; the note says what was changed."""
+        if timeout is None:
+            return float(self.default_timeout), None
+        if timeout <= 0:
+            return float(
+                self.default_timeout
+            ), f"timeout {timeout!r} is not positive; used the default {self.default_timeout} s"
+        if timeout > self.max_timeout:
+            return float(self.max_timeout), f"timeout {timeout!r} exceeds the maximum; used {self.max_timeout} s"
+        return float(timeout), None
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view (paths as strings), for status reports."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Path):
+                v = str(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            if f.name == "mongodb_uri" and v:
+                v = _redact_uri(v)
+            out[f.name] = v
+        return out
+
+    # -- construction --------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``CODE_INTERPRETER_*`` variables and ``MONGODB_URI``, then ``overrides``."""
+        env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = "MONGODB_URI" if f.name == "mongodb_uri" else ENV_PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None and f.name == "mongodb_uri":
+                raw = env.get(ENV_PREFIX + "MONGODB_URI")
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _parse(raw, hints[f.name])
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"{name}={raw!r}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def _validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            choices = _literal_choices(hints[f.name])
+            v = getattr(self, f.name)
+            if choices and v not in choices:
+                raise ConfigurationError(f"{f.name}={v!r}: choose one of {', '.join(map(repr, choices))}")
+        positive = (
+            "max_file_size",
+            "default_timeout",
+            "max_timeout",
+            "max_output_bytes",
+            "max_code_bytes",
+            "memory_limit_mb",
+            "max_processes",
+            "max_open_files",
+            "max_parallel",
+            "max_files_per_user",
+            "max_bytes_per_user",
+            "pip_timeout",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.default_timeout > self.max_timeout:
+            raise ConfigurationError(
+                f"default_timeout ({self.default_timeout}) must not exceed max_timeout ({self.max_timeout})"
+            )
+        if self.file_expiration_hours == 0:
+            raise ConfigurationError("file_expiration_hours must be positive, or -1 to keep files forever")
+        if not isinstance(self.home, Path):
+            object.__setattr__(self, "home", Path(self.home))
+
+
+def _redact_uri(uri: str) -> str:
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return uri
+
+
+def _literal_choices(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    return ()
+
+
+def _parse(raw: str, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw.strip().lower() in ("none", "null"):
+            return None
+        return _parse(raw, args[0])
+    if origin is Literal:
+        return raw.strip()
+    if origin is tuple:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if tp is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected a boolean (1/0, true/false)")
+    if tp is int:
+        return int(raw.strip())
+    if tp is float:
+        return float(raw.strip())
+    if tp is Path:
+        return Path(raw).expanduser()
+    return raw

@@ -1,0 +1,104 @@
+"""Shared fixtures: a real MongoDB-compatible server for the session, settings per test.
+
+``MONGODB_URI`` set: every test runs against that server. Otherwise one SecantusDB server is
+started for the session on a free 127.0.0.1 port, with its data in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from code_interpreter.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_secantus(storage: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a SecantusDB server process and wait until it answers a ping."""
+    port = port or free_port()
+    log = open(storage.parent / f"secantus-{port}.log", "ab")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    uri = f"mongodb://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    with MongoClient(uri, serverSelectionTimeoutMS=500) as client:
+        while True:
+            try:
+                client.admin.command("ping")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"SecantusDB did not start; see {log.name}") from None
+                time.sleep(0.1)
+    return proc, uri
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of the real server every test talks to."""
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    storage = tmp_path_factory.mktemp("secantus") / "data"
+    proc, uri = start_secantus(storage)
+    try:
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def db_name() -> str:
+    """A database name of the test's own, so tests never see each other's data."""
+    return f"ci_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def mongo_db(mongo_uri: str, db_name: str) -> AsyncIterator[AsyncDatabase[Any]]:
+    """An async database on the real server, dropped after the test."""
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, serverSelectionTimeoutMS=5000, tz_aware=True)
+    try:
+        yield client[db_name]
+    finally:
+        await client.drop_database(db_name)
+        await client.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, mongo_uri: str, db_name: str) -> Callable[..., Settings]:
+    """Settings factory: the test's own data dir and database on the session server."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"home": tmp_path / "home", "mongodb_uri": mongo_uri, "database": db_name}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
