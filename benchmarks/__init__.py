@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks [--quick] [area ...]`` (or ``tox -e bench``)."""

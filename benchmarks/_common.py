@@ -1,0 +1,116 @@
+"""Shared benchmark helpers: timing, robust statistics and table output.
+
+Machines here are shared and noisy, so every figure is a median and p95 over repeated runs,
+and comparisons are measured side by side in the same run (interleaved where possible).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(slots=True)
+class Table:
+    """One result table: a title, column names, rows of cells and free-form notes."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        """Markdown rendering (the README pastes it as is)."""
+        cells = [[_fmt(c) for c in row] for row in self.rows]
+        widths = [
+            max(len(str(col)), *(len(r[i]) for r in cells)) if cells else len(col)
+            for i, col in enumerate(self.columns)
+        ]
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)) + " |")
+        lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for r in cells:
+            lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+        lines.extend(f"\n{n}" for n in self.notes)
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def summarize(samples_s: Sequence[float]) -> dict[str, float]:
+    """Median and p95 in milliseconds."""
+    ordered = sorted(samples_s)
+    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * (len(ordered) - 1))))]
+    return {"median_ms": statistics.median(ordered) * 1000, "p95_ms": p95 * 1000, "n": float(len(ordered))}
+
+
+def time_sync(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeat`` calls after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def time_async(fn: Callable[[], Awaitable[Any]], repeat: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeat`` awaited calls after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        await fn()
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def machine() -> str:
+    """One line describing the machine the figures came from."""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    import os
+
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
+
+
+def write_json(path: Path, tables: Sequence[Table]) -> None:
+    """Write the tables and the machine line as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tables": [asdict(t) for t in tables],
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
