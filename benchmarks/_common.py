@@ -7,6 +7,7 @@ and comparisons are measured side by side in the same run (interleaved where pos
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -94,15 +95,14 @@ def machine() -> str:
         )
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown CPU"
-    import os
-
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{system}, {cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
 
 
 def write_json(path: Path, tables: Sequence[Table]) -> None:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +25,9 @@ from code_interpreter.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Tests never write outside the repo and temp dirs: tiktoken's seeded cache goes to a temp dir.
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", tempfile.mkdtemp(prefix="ci-test-tiktoken-"))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -35,12 +39,14 @@ def start_secantus(storage: Path, port: int | None = None) -> tuple[subprocess.P
     """Start a SecantusDB server process and wait until it answers a ping."""
     port = port or free_port()
     log = open(storage.parent / f"secantus-{port}.log", "ab")  # noqa: SIM115 - closed with the process
+    cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)],
+        [*cmd, "--storage-path", str(storage)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
+    log.close()  # the child holds its own descriptor; an unclosed file is a ResourceWarning (an error here)
     uri = f"mongodb://127.0.0.1:{port}/"
     deadline = time.monotonic() + 30
     with MongoClient(uri, serverSelectionTimeoutMS=500) as client:
@@ -102,3 +108,18 @@ def make_settings(tmp_path: Path, mongo_uri: str, db_name: str) -> Callable[...,
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+async def sandbox_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The shared sandbox runtime with the baseline packages (built once; kept between runs under tox).
+
+    ``CODE_INTERPRETER_TEST_RUNTIME`` names its root (tox sets ``<repo>/.sandbox-runtime``); unset, a
+    temporary directory is used and the runtime is built for this session.
+    """
+    from code_interpreter.runtime_env import ensure_runtime
+
+    root = os.environ.get("CODE_INTERPRETER_TEST_RUNTIME")
+    runtime_dir = Path(root) if root else tmp_path_factory.mktemp("sandbox-runtime") / "runtime"
+    settings = Settings(home=tmp_path_factory.mktemp("runtime-home"), runtime_dir=runtime_dir)
+    return await ensure_runtime(settings)

@@ -1,0 +1,441 @@
+"""FileManager: per-user files in MongoDB (metadata in ``user_files``, bytes in GridFS), with expiry.
+
+Data model. ``user_files`` holds one document per file with the seed's fields (``file_id``,
+``user_id``, ``filename``, ``file_path``, ``file_size``, ``file_type``, ``uploaded_at``,
+``expires_at``) plus ``sha256`` and ``content_type``. ``user_id`` is always stored as a *string*
+(Discord ids are ints; ``1`` and ``"1"`` are the same user). ``file_path`` is
+``gridfs://file_blobs/<file_id>``: the bytes live in the ``file_blobs`` GridFS bucket under
+``_id = file_id``; :meth:`FileManager.materialize` gives a local path. Times are BSON datetimes in
+UTC; ``expires_at`` is None for files that never expire (``file_expiration_hours = -1``).
+Returned dicts carry times as ISO-8601 strings, as the seed's did.
+
+Expiry, and why there is no TTL index. A file is invisible from the instant ``expires_at <=
+now``: every read filters on it, so nothing depends on when a cleaner runs. Deletion is done by
+:meth:`cleanup_expired_files`, which removes metadata, GridFS files *and chunks*, and local cache
+copies together. A TTL index would delete only the metadata, leaving GridFS chunks (the bulk of
+the bytes) and cache copies behind for :meth:`reconcile` to find, and its 60 s sweep races the
+cleaner; it adds nothing the cleaner does not do, so only a plain index on ``expires_at`` is
+created. Consistency: an upload writes the blob first and the metadata last (a file is visible
+only once complete), deletes remove metadata first; a crash between the two leaves an orphan
+that :meth:`reconcile` removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterable, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pymongo import WriteConcern
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from . import _files_cache as cache
+from ._files_blobs import CODEC, BlobStore, BlobTooLarge
+from ._files_names import content_type_for, detect_file_type, safe_filename, safe_id_part
+from .errors import FileStoreError
+from .settings import Settings
+from .storage.retry import RetryContext, RetryPolicy, context_for, with_retries
+
+__all__ = ["BUCKET", "COLLECTION", "FileManager"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+COLLECTION = "user_files"
+BUCKET = "file_blobs"
+CLEANUP_BATCH = 500
+RECONCILE_GRACE_S = 3600.0  # an upload still streaming has a blob without metadata for this long at most
+
+
+class FileManager:
+    """Upload, list, read, delete and expire per-user files (async, pymongo + GridFS)."""
+
+    def __init__(
+        self,
+        db: AsyncDatabase[Any],
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        retry: RetryPolicy | None = None,
+        cleanup_batch: int = CLEANUP_BATCH,
+    ) -> None:
+        """Args: ``clock`` returns aware UTC datetimes (tests inject it); ``retry`` overrides the
+        policy registered by :class:`~code_interpreter.storage.Storage` for this client."""
+        self.db = db
+        self.settings = settings
+        self._clock = clock or (lambda: datetime.now(UTC))
+        ctx = context_for(db)
+        self._ctx = RetryContext(retry or ctx.policy, ctx.on_retry, ctx.server)
+        self.meta = db.get_collection(COLLECTION, codec_options=CODEC)
+        # The metadata insert is the upload's acknowledgement: make it journaled. The journal is
+        # sequential, so this also makes the blob's earlier chunk writes durable (one fsync per upload;
+        # without it SecantusDB loses the last acknowledged writes on kill -9).
+        self._meta_ack = self.meta.with_options(write_concern=_journaled(self.meta.write_concern))
+        self.blobs = BlobStore(db, BUCKET, self._retry)
+        self.cache_dir = settings.home / "cache"
+        self.cleanup_batch = max(1, cleanup_batch)
+        self._indexed = False
+        self._cleanup_task: asyncio.Task[None] | None = None
+
+    # -- setup -----------------------------------------------------------------
+    async def ensure_indexes(self) -> None:
+        """Create the indexes (idempotent): (user_id, expires_at), unique file_id, expires_at, GridFS's."""
+        await self._retry(
+            lambda: self.meta.create_index([("user_id", 1), ("expires_at", -1)]), "create index"
+        )
+        await self._retry(lambda: self.meta.create_index("file_id", unique=True), "create index")
+        await self._retry(lambda: self.meta.create_index("expires_at"), "create index")
+        await self.blobs.ensure_indexes()
+        self._indexed = True
+
+    # -- upload ----------------------------------------------------------------
+    async def upload_file(
+        self,
+        user_id: int | str,
+        file_data: bytes | AsyncIterable[bytes],
+        filename: str,
+        file_type: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a file for a user; the size cap is enforced while reading a stream.
+
+        Returns the seed's dicts: ``{"success": True, "file_id", "filename", "file_size", "file_type",
+        "content_type", "sha256", "uploaded_at", "expires_at"}``, or ``{"success": False, "error"}``
+        for a file over the size cap or the user's quota.
+
+        Raises:
+            StorageUnavailable: MongoDB stayed unreachable; no file was kept.
+            TypeError: ``file_data`` is neither bytes nor an async iterable of bytes.
+        """
+        uid = _uid(user_id)
+        name = safe_filename(filename)
+        limit = self.settings.max_file_size
+        known: int | None = None
+        if isinstance(file_data, bytes | bytearray | memoryview):
+            known = len(file_data)
+            if known > limit:
+                return _too_large(limit)
+        elif not hasattr(file_data, "__aiter__"):
+            raise TypeError(
+                f"file_data must be bytes or an async iterable of bytes, not {type(file_data).__name__}"
+            )
+        if not self._indexed:
+            await self.ensure_indexes()
+        refusal = await self._make_room(uid, known or 0)
+        if refusal:
+            return {"success": False, "error": refusal}
+        now = self._now()
+        file_id = f"user_{safe_id_part(uid)}_{int(now.timestamp())}_{secrets.token_hex(5)}"
+        try:
+            blob = await self.blobs.write(file_id, file_data, limit, name, {"user_id": uid})
+        except BlobTooLarge:
+            return _too_large(limit)
+        try:
+            if known is None:  # a stream: its size is known only now
+                refusal = await self._make_room(uid, blob.size)
+                if refusal:
+                    await self.blobs.discard([file_id])
+                    return {"success": False, "error": refusal}
+            ftype = detect_file_type(name, blob.head, file_type, blob.tail)
+            ttl = self.settings.file_ttl_seconds
+            doc = {
+                "file_id": file_id,
+                "user_id": uid,
+                "filename": name,
+                "file_path": f"gridfs://{BUCKET}/{file_id}",
+                "file_size": blob.size,
+                "file_type": ftype,
+                "content_type": content_type_for(ftype),
+                "sha256": blob.sha256,
+                "uploaded_at": now,
+                "expires_at": _ms(now + timedelta(seconds=ttl)) if ttl is not None else None,
+            }
+            await self._retry(lambda: self._insert_meta(doc), f"save {name}")
+        except BaseException:
+            await self.blobs.discard([file_id])  # no blob without metadata survives a failed upload
+            raise
+        return {"success": True, **_public(doc)}
+
+    # -- queries ---------------------------------------------------------------
+    async def list_user_files(self, user_id: int | str) -> list[dict[str, Any]]:
+        """The user's unexpired files, newest first."""
+        query = self._visible({"user_id": _uid(user_id)})
+        docs = await self._retry(
+            lambda: self.meta.find(query).sort([("uploaded_at", -1), ("_id", -1)]).to_list(None), "list files"
+        )
+        return [_public(d) for d in docs]
+
+    async def get_file(self, file_id: str, user_id: int | str) -> dict[str, Any] | None:
+        """The file's metadata; None if unknown, expired or another user's (indistinguishable on purpose)."""
+        doc = await self._find_visible(file_id, user_id)
+        return _public(doc) if doc else None
+
+    async def read_file(self, file_id: str, user_id: int | str) -> bytes | None:
+        """The file's bytes (sha256-checked), or None on the same terms as get_file."""
+        doc = await self._find_visible(file_id, user_id)
+        if doc is None:
+            return None
+
+        async def op() -> bytes | None:
+            chunks = await self.blobs.chunks_of(doc["file_id"])
+            if chunks is None:
+                return None  # deleted between the lookup and the read
+            return await cache.collect_verified(chunks, doc)
+
+        result: bytes | None = await self._retry(op, f"read {doc['filename']}")
+        return result
+
+    async def materialize(self, file_id: str, user_id: int | str) -> Path | None:
+        """A local copy under ``home/cache`` (sha256-verified) for the sandbox; None as for get_file."""
+        doc = await self._find_visible(file_id, user_id)
+        if doc is None:
+            return None
+        path = cache.path_for(self.cache_dir, doc)
+        if await cache.is_valid(path, doc):
+            return path
+
+        async def op() -> Path | None:
+            chunks = await self.blobs.chunks_of(doc["file_id"])
+            if chunks is None:
+                return None
+            await cache.write_verified(chunks, path, doc)
+            return path
+
+        result: Path | None = await self._retry(op, f"copy {doc['filename']} to the local cache")
+        return result
+
+    # -- deletion --------------------------------------------------------------
+    async def delete_user_file(self, file_id: str, user_id: int | str) -> bool:
+        """Delete the owner's file (metadata, GridFS bytes, cache copy); False if not theirs or not found."""
+        if not _valid_id(file_id):
+            return False
+        uid = _uid(user_id)
+        doc = await self._retry(lambda: self.meta.find_one({"file_id": file_id, "user_id": uid}), "find file")
+        if doc is None:
+            return False
+        await self._retry(
+            lambda: self._meta_ack.delete_one({"file_id": file_id, "user_id": uid}), "delete file"
+        )
+        await self.blobs.delete([file_id])
+        await cache.remove(self.cache_dir, [file_id])
+        # An expired file is gone for its owner too: deleting it is tidy, but it was not "found".
+        return _is_visible(doc, self._now())
+
+    async def delete_all_user_files(self, user_id: int | str) -> int:
+        """Delete every file of a user (expired ones too); returns how many."""
+        uid = _uid(user_id)
+        return await self._delete_where({"user_id": uid})
+
+    async def cleanup_expired_files(self) -> int:
+        """Delete expired files in batches (metadata, GridFS bytes, cache copies); returns how many.
+
+        Idempotent and safe to run from several processes at once: each batch is deleted with
+        ``delete_many`` (a document another cleaner took is simply not counted) and blob deletes
+        of already-deleted blobs are no-ops. Local cache copies of files deleted elsewhere are
+        swept too.
+        """
+        now = self._now()
+        count = await self._delete_where({"expires_at": {"$lte": now}})
+        await self._sweep_cache(now)
+        return count
+
+    def start_cleanup_task(self, interval_s: float = 3600) -> asyncio.Task[None]:
+        """Run cleanup_expired_files every ``interval_s`` seconds as a task; stop_cleanup_task() ends it."""
+        if self._cleanup_task is not None and not self._cleanup_task.done():
+            return self._cleanup_task
+        self._cleanup_task = asyncio.get_running_loop().create_task(
+            self._cleanup_loop(interval_s), name="code_interpreter.files.cleanup"
+        )
+        return self._cleanup_task
+
+    async def stop_cleanup_task(self) -> None:
+        """Cancel the periodic cleanup and wait for it to finish."""
+        task, self._cleanup_task = self._cleanup_task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being cancelled ourselves: propagate
+
+    async def reconcile(self, grace_s: float = RECONCILE_GRACE_S) -> dict[str, int]:
+        """Remove what a crash left: GridFS blobs without metadata and metadata without blobs.
+
+        Blobs younger than ``grace_s`` (real time) are left alone: an upload in progress writes
+        its blob before its metadata. Returns ``{"orphan_blobs": n, "orphan_metadata": m}``.
+        """
+        from ._files_cache import find_orphans  # local: only reconcile needs it
+
+        blobs, metas = await find_orphans(self, grace_s)
+        for i in range(0, len(blobs), self.cleanup_batch):
+            await self.blobs.delete(blobs[i : i + self.cleanup_batch])
+        for i in range(0, len(metas), self.cleanup_batch):
+            batch = metas[i : i + self.cleanup_batch]
+            await self._retry(partial(self.meta.delete_many, {"file_id": {"$in": batch}}), "delete metadata")
+            await cache.remove(self.cache_dir, batch)
+        return {"orphan_blobs": len(blobs), "orphan_metadata": len(metas)}
+
+    # -- internals ---------------------------------------------------------------
+    async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        ctx = self._ctx
+        try:
+            return await with_retries(
+                op, what=what, policy=ctx.policy, server=ctx.server or "MongoDB", on_retry=ctx.on_retry
+            )
+        except PyMongoError as exc:  # not transient: the server refused the operation
+            raise FileStoreError(f"MongoDB at {ctx.server or 'MongoDB'} refused to {what}: {exc}") from exc
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the clock must return timezone-aware datetimes (UTC)")
+        return _ms(now.astimezone(UTC))
+
+    def _visible(self, query: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+        now = now or self._now()
+        return {**query, "$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+
+    async def _find_visible(self, file_id: str, user_id: int | str) -> dict[str, Any] | None:
+        if not _valid_id(file_id):
+            return None
+        query = self._visible({"file_id": file_id, "user_id": _uid(user_id)})
+        doc: dict[str, Any] | None = await self._retry(lambda: self.meta.find_one(query), "find file")
+        return doc
+
+    async def _insert_meta(self, doc: dict[str, Any]) -> None:
+        try:
+            await self._meta_ack.insert_one(dict(doc))
+        except DuplicateKeyError:
+            # A retry whose first try landed (its reply was lost) finds its own document.
+            existing = await self.meta.find_one({"file_id": doc["file_id"]})
+            if existing is None or existing.get("sha256") != doc["sha256"]:
+                raise
+
+    async def _make_room(self, uid: str, incoming: int) -> str | None:
+        """None if the upload fits the user's quota (evicting oldest files if so configured), else why not."""
+        s = self.settings
+        if incoming > s.max_bytes_per_user:
+            return f"File exceeds your storage quota of {_mb(s.max_bytes_per_user)}"
+        now = self._now()
+        query = self._visible({"user_id": uid}, now)
+        docs = await self._retry(
+            lambda: (
+                self.meta.find(query, {"file_id": 1, "file_size": 1, "uploaded_at": 1})
+                .sort([("uploaded_at", 1), ("_id", 1)])
+                .to_list(None)
+            ),
+            "check quota",
+        )
+        count, used = len(docs), sum(int(d.get("file_size", 0)) for d in docs)
+        if count + 1 <= s.max_files_per_user and used + incoming <= s.max_bytes_per_user:
+            return None
+        if s.quota_policy == "refuse":
+            return (
+                f"Storage quota reached ({count} files, {_mb(used)}; the limit is {s.max_files_per_user} "
+                f"files and {_mb(s.max_bytes_per_user)}): delete some files first or wait for them to expire"
+            )
+        victims = []
+        for d in docs:  # oldest first
+            if count + 1 <= s.max_files_per_user and used + incoming <= s.max_bytes_per_user:
+                break
+            victims.append(d["file_id"])
+            count, used = count - 1, used - int(d.get("file_size", 0))
+        await self._delete_where({"file_id": {"$in": victims}, "user_id": uid})
+        log.info("quota: evicted %d oldest file(s) of user %s", len(victims), uid)
+        return None
+
+    async def _delete_where(self, query: dict[str, Any]) -> int:
+        total = 0
+        while True:
+            docs = await self._retry(
+                lambda: self.meta.find(query, {"file_id": 1}).limit(self.cleanup_batch).to_list(None),
+                "find files",
+            )
+            ids = [d["file_id"] for d in docs]
+            if not ids:
+                return total
+            # By file_id alone: ids are unique and never reused, and documents are never updated, so
+            # re-checking ``query`` adds nothing; it also made SecantusDB scan the expires_at
+            # range for every batch (20x slower).
+            res = await self._retry(partial(self.meta.delete_many, {"file_id": {"$in": ids}}), "delete files")
+            total += res.deleted_count
+            await self.blobs.delete(ids)
+            await cache.remove(self.cache_dir, ids)
+
+    async def _sweep_cache(self, now: datetime) -> None:
+        names = await cache.listed_ids(self.cache_dir)
+        for i in range(0, len(names), self.cleanup_batch):
+            batch = names[i : i + self.cleanup_batch]
+            q = self._visible({"file_id": {"$in": batch}}, now)
+            alive = await self._retry(partial(self.meta.distinct, "file_id", q), "sweep cache")
+            await cache.remove(self.cache_dir, sorted(set(batch) - set(alive)))
+
+    async def _cleanup_loop(self, interval_s: float) -> None:
+        while True:
+            try:
+                n = await self.cleanup_expired_files()
+                if n:
+                    log.info("cleanup: deleted %d expired file(s)", n)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the loop alive: the next round may find the server back
+                log.exception("cleanup of expired files failed; retrying in %.0f s", interval_s)
+            await asyncio.sleep(interval_s)
+
+
+def _journaled(wc: WriteConcern) -> WriteConcern:
+    doc = dict(wc.document)
+    if doc.get("w") == 0:
+        return wc  # the operator asked for unacknowledged writes; journaling cannot apply
+    return WriteConcern(w=doc.get("w"), wtimeout=doc.get("wtimeout"), j=True, fsync=doc.get("fsync"))
+
+
+def _uid(user_id: int | str) -> str:
+    if isinstance(user_id, bool) or not isinstance(user_id, int | str):
+        raise TypeError(f"user_id must be an int or a str, not {type(user_id).__name__}")
+    uid = str(user_id).strip()
+    if not uid:
+        raise FileStoreError("user_id must not be empty")
+    return uid
+
+
+def _valid_id(file_id: object) -> bool:
+    return isinstance(file_id, str) and cache.FILE_ID_RE.fullmatch(file_id) is not None
+
+
+def _ms(dt: datetime) -> datetime:
+    """Truncate to milliseconds: BSON datetimes hold no more, so what we return equals what we store."""
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+def _is_visible(doc: dict[str, Any], now: datetime) -> bool:
+    exp = doc.get("expires_at")
+    return exp is None or exp > now
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat() if dt is not None else None
+
+
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
+    keys = ("file_id", "user_id", "filename", "file_path", "file_size", "file_type", "content_type", "sha256")
+    out = {k: doc.get(k) for k in keys}
+    out["uploaded_at"] = _iso(doc.get("uploaded_at"))
+    out["expires_at"] = _iso(doc.get("expires_at"))
+    return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f}MB" if n >= 2**20 else f"{n} bytes"
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    return {"success": False, "error": f"File too large. Maximum size is {_mb(limit)}"}
