@@ -1,0 +1,237 @@
+"""Messages as the model sees them: Chat Completions messages and Responses-API input items.
+
+Per message: 3 tokens of framing, the role, the content, and for a ``name`` its tokens + 1; the
+reply is primed with 3 more (the cookbook's rule for every current chat model: 129 tokens on
+cl100k models and 124 on o200k for its example). Tool calls follow hmarr/openai-chat-tokens'
+measured rule for function calls (name + arguments + 3; a tool/function result 2 fewer) —
+OpenAI does not publish that format, so those are estimates.
+
+Images are not priced here: the walker returns them as :class:`ImagePart` for the caller, who
+knows (or looks up) their sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._text import encoded_len
+
+__all__ = [
+    "REPLY_PRIMING",
+    "TOKENS_PER_MESSAGE",
+    "TOKENS_PER_NAME",
+    "ImagePart",
+    "MessageWalk",
+    "walk_messages",
+]
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+TOOL_CALL_OVERHEAD = 3
+TOOL_RESULT_ADJUST = -2
+
+_TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
+_IMAGE_PARTS = ("image_url", "input_image")
+
+
+@dataclass(slots=True)
+class ImagePart:
+    """One image in the messages: where it is and the detail it asks for."""
+
+    url: str
+    detail: str
+    where: str
+
+
+@dataclass(slots=True)
+class MessageWalk:
+    """Text tokens of the messages (framing included) and the images still to price."""
+
+    text_tokens: int = 0
+    images: list[ImagePart] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    has_system: bool = False
+
+
+def _as_mapping(item: Any) -> Any:
+    if hasattr(item, "model_dump"):  # openai SDK objects (e.g. the assistant message of a response)
+        return item.model_dump(exclude_none=True)
+    return item
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _content(content: Any, enc: str, walk: MessageWalk, where: str) -> int:
+    """Tokens of a content field (str or list of parts); images are queued on ``walk``."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return encoded_len(enc, content)
+    if isinstance(content, Mapping) or not isinstance(content, Iterable) or isinstance(content, bytes):
+        walk.warnings.append(f"{where}: content of type {type(content).__name__} counted as its JSON text")
+        return encoded_len(enc, _json_text(content))
+    total = 0
+    for j, part in enumerate(content):
+        part = _as_mapping(part)
+        pw = f"{where}.content[{j}]"
+        if isinstance(part, str):
+            total += encoded_len(enc, part)
+            continue
+        if not isinstance(part, Mapping):
+            walk.warnings.append(f"{pw}: a {type(part).__name__} is not a content part; counted as text")
+            total += encoded_len(enc, str(part))
+            continue
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            value = part.get(_TEXT_PARTS[kind])
+            if isinstance(value, str):
+                total += encoded_len(enc, value)
+            else:
+                walk.warnings.append(f"{pw}: {kind} part without a string {_TEXT_PARTS[kind]!r}")
+        elif kind in _IMAGE_PARTS:
+            _image_part(part, walk, pw)
+        else:
+            # input_audio, file, input_file …: billed by rules we cannot see from here.
+            walk.warnings.append(
+                f"{pw}: content part type {kind!r} is not counted exactly; counted as its JSON text"
+            )
+            total += encoded_len(enc, _json_text(part))
+    return total
+
+
+def _image_part(part: Mapping[str, Any], walk: MessageWalk, where: str) -> None:
+    ref = part.get("image_url")
+    detail = part.get("detail", "auto")
+    if isinstance(ref, Mapping):  # Chat Completions: {"image_url": {"url": …, "detail": …}}
+        detail = ref.get("detail", detail)
+        ref = ref.get("url")
+    if not isinstance(ref, str) or not ref:
+        if part.get("file_id"):
+            walk.warnings.append(f"{where}: image by file_id has no known size; counted at the upper bound")
+            walk.images.append(ImagePart("", _detail(detail, walk, where), where))
+            return
+        walk.warnings.append(f"{where}: image part without a URL is not counted")
+        return
+    walk.images.append(ImagePart(ref, _detail(detail, walk, where), where))
+
+
+def _detail(detail: Any, walk: MessageWalk, where: str) -> str:
+    if detail in ("auto", "low", "high"):
+        return str(detail)
+    walk.warnings.append(f"{where}: unknown image detail {detail!r}; counted as 'auto'")
+    return "auto"
+
+
+def _tool_calls(calls: Any, enc: str, walk: MessageWalk, where: str) -> int:
+    if not isinstance(calls, list):
+        walk.warnings.append(f"{where}.tool_calls is not a list; counted as its JSON text")
+        return encoded_len(enc, _json_text(calls))
+    total = 0
+    for k, call in enumerate(calls):
+        call = _as_mapping(call)
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping):
+            walk.warnings.append(f"{where}.tool_calls[{k}] has no function; counted as its JSON text")
+            total += encoded_len(enc, _json_text(call))
+            continue
+        total += _call_tokens(fn.get("name"), fn.get("arguments"), enc)
+    return total
+
+
+def _call_tokens(name: Any, arguments: Any, enc: str) -> int:
+    args = arguments if isinstance(arguments, str) else _json_text(arguments) if arguments is not None else ""
+    return (
+        encoded_len(enc, name if isinstance(name, str) else "") + encoded_len(enc, args) + TOOL_CALL_OVERHEAD
+    )
+
+
+def _message(msg: Mapping[str, Any], enc: str, walk: MessageWalk, where: str, pad_system: bool) -> int:
+    role = msg.get("role")
+    if not isinstance(role, str):
+        raise ValueError(f"{where} has no 'role'; expected {{'role': 'user', 'content': …}}")
+    n = TOKENS_PER_MESSAGE + encoded_len(enc, role)
+    content = msg.get("content")
+    if pad_system and role == "system" and isinstance(content, str):
+        # With tools, the first system message is followed by a newline before the definitions.
+        content += "\n"
+    n += _content(content, enc, walk, where)
+    name = msg.get("name")
+    if isinstance(name, str) and name:
+        n += encoded_len(enc, name) + TOKENS_PER_NAME
+    if msg.get("tool_calls"):
+        n += _tool_calls(msg["tool_calls"], enc, walk, where)
+    fc = msg.get("function_call")
+    if isinstance(fc, Mapping):
+        n += _call_tokens(fc.get("name"), fc.get("arguments"), enc)
+    if role in ("tool", "function"):
+        n += TOOL_RESULT_ADJUST
+    if role == "system":  # the measured rule: tool definitions join the first system message
+        walk.has_system = True
+    return n
+
+
+def _item(item: Mapping[str, Any], enc: str, walk: MessageWalk, where: str) -> int:
+    """A Responses-API input item that is not a message."""
+    kind = item.get("type")
+    if kind == "function_call":
+        # Counted like the Chat assistant message that carries the same call.
+        call = _call_tokens(item.get("name"), item.get("arguments"), enc)
+        return TOKENS_PER_MESSAGE + encoded_len(enc, "assistant") + call
+    if kind == "function_call_output":
+        out = item.get("output")
+        body = (
+            out
+            if isinstance(out, str)
+            else _content(out, enc, walk, where)
+            if isinstance(out, list)
+            else None
+        )
+        n = TOKENS_PER_MESSAGE + encoded_len(enc, "tool") + TOOL_RESULT_ADJUST
+        if isinstance(body, str):
+            return n + encoded_len(enc, body)
+        if isinstance(body, int):
+            return n + body
+        return n + encoded_len(enc, _json_text(out))
+    walk.warnings.append(
+        f"{where}: input item type {kind!r} is not counted exactly; counted as its JSON text"
+    )
+    return TOKENS_PER_MESSAGE + encoded_len(enc, _json_text(item))
+
+
+def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> MessageWalk:
+    """Count the text of ``messages`` (framing and reply priming included) and collect their images.
+
+    Raises:
+        ValueError: ``messages`` is not a list of messages, or a message has no role.
+    """
+    walk = MessageWalk()
+    if isinstance(messages, str):  # Responses API: input="…" is one user message
+        messages = [{"role": "user", "content": messages}]
+    if isinstance(messages, (Mapping, bytes)) or not isinstance(messages, Iterable):
+        raise ValueError(f"messages must be a list of messages, got {type(messages).__name__}")
+    padded = False
+    total = 0
+    for i, raw in enumerate(messages):
+        msg = _as_mapping(raw)
+        where = f"messages[{i}]"
+        if not isinstance(msg, Mapping):
+            raise ValueError(f"{where} must be a mapping with 'role' and 'content', got {type(msg).__name__}")
+        if "role" in msg:
+            pad = pad_system and not padded and msg.get("role") == "system"
+            padded = padded or pad
+            total += _message(msg, enc=encoding, walk=walk, where=where, pad_system=pad)
+        elif "type" in msg:
+            total += _item(msg, encoding, walk, where)
+        else:
+            raise ValueError(f"{where} has no 'role'; expected {{'role': 'user', 'content': …}}")
+    walk.text_tokens = total + REPLY_PRIMING
+    return walk
