@@ -1,0 +1,417 @@
+"""PackageManager: the sandbox runtime, approval of package names, and installs before code runs.
+
+Before an execution, :meth:`PackageManager.prepare` reads the code's imports from its syntax tree,
+finds the top-level modules the runtime lacks (a cached directory listing, no interpreter spawned),
+installs every approved one in a single pip run, and reports the rest: a required module that is not
+approved is refused with one clear message; an import guarded by ``try/except ImportError`` is not
+an error. Installs run on the host (``pip --python``), wheels only, never inside the sandbox.
+
+Re-creation: :meth:`PackageManager.rebuild_runtime` builds a new generation aside, reinstalls the
+baseline and the packages still in use, swaps ``current`` atomically and calls the ``on_swap`` hooks
+(the executor moves its zygote); the old generation is removed later, once no lease holds it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runtime_env
+from ._approval import Approval, name_problem
+from ._imports import ImportScan, canonicalize, import_map, scan_imports
+from ._package_record import PackageRecord
+from ._rt_util import ProgressCallback, _async_lock
+from .errors import PackageInstallError, PackageNotApproved
+from .runtime_env import Runtime
+from .settings import Settings
+
+__all__ = ["ImportScan", "PackageManager", "PrepareResult", "SwapHook"]
+
+log = logging.getLogger(__name__)
+
+SwapHook = Callable[[Runtime], Awaitable[None] | None]
+"""Called with the new runtime after the current runtime changes (the executor restarts its zygote)."""
+
+RECORD_FILE = "packages.json"
+# A retired generation is kept at least this long past the longest execution, for children that
+# were forked from it without a lease (they finish within max_timeout).
+GRACE_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareResult:
+    """What :meth:`PackageManager.prepare` did before an execution."""
+
+    installed: tuple[str, ...] = ()
+    """Distributions installed for this call (canonical names)."""
+    refused: tuple[tuple[str, str], ...] = ()
+    """(module or package, reason) for each required one that may not be installed."""
+    optional_missing: tuple[str, ...] = ()
+    """Modules imported inside try/except ImportError that are still missing (not an error)."""
+    notes: tuple[str, ...] = ()
+    """Remarks for the result (e.g. an optional package that could not be installed)."""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing required was refused: the code may run."""
+        return not self.refused
+
+    def refusal_message(self) -> str:
+        """One message for the model naming what was refused and what is approved ("" when nothing was)."""
+        if not self.refused:
+            return ""
+        parts = "; ".join(f"{name}: {reason}" for name, reason in self.refused)
+        return f"Package not available: {parts}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data view."""
+        return {
+            "installed": list(self.installed),
+            "refused": [list(r) for r in self.refused],
+            "optional_missing": list(self.optional_missing),
+            "notes": list(self.notes),
+        }
+
+
+class PackageManager:
+    """Owns the sandbox runtime: approval, import → distribution mapping, installs, the record, rebuilds."""
+
+    def __init__(self, settings: Settings, *, provided_modules: Iterable[str] = ()) -> None:
+        self.settings = settings
+        self.approval = Approval(settings.approved_packages)
+        self.provided_modules: set[str] = set(provided_modules)
+        """Modules the executor injects into every child (never installed, never refused)."""
+        self.on_swap: list[SwapHook] = []
+        """Hooks called after the current runtime changes (rebuild, or repair of a broken one)."""
+        self.pip_calls = 0
+        """pip runs started by this manager (a counter tests and status use)."""
+        self._runtime: Runtime | None = None
+        self._listing: tuple[Path, int, frozenset[str], dict[str, str]] | None = None
+        self._record = PackageRecord(settings.runtime_path / RECORD_FILE)
+
+    # -- names ---------------------------------------------------------------------------------------
+    def is_package_approved(self, name: str) -> tuple[bool, str]:
+        """(approved?, reason): only a plain PEP 508 name on the approved list passes."""
+        return self.approval.check(name)
+
+    def distribution_for_import(self, module: str) -> str | None:
+        """The distribution that provides top-level ``module`` (None for the standard library)."""
+        if not isinstance(module, str) or not module:
+            return None
+        top = module.split(".", 1)[0]
+        if not top.isidentifier() or top in sys.stdlib_module_names:
+            return None
+        mapped = import_map().get(top)
+        return canonicalize(mapped if mapped is not None else top)
+
+    def scan_imports(self, code: str) -> ImportScan:
+        """Top-level modules ``code`` imports (AST); empty on a SyntaxError."""
+        return scan_imports(code)
+
+    # -- the runtime ---------------------------------------------------------------------------------
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime in use (or where it would be, before :meth:`ensure_runtime`)."""
+        return self._runtime if self._runtime is not None else runtime_env.runtime_for(self.settings)
+
+    async def ensure_runtime(self, progress: ProgressCallback | None = None) -> Runtime:
+        """Create or repair the runtime if needed and return it; a change of generation fires on_swap."""
+        rt = await runtime_env.ensure_runtime(self.settings, progress=progress)
+        old = self._runtime
+        self._runtime = rt
+        if old is not None and old.path != rt.path:
+            self._listing = None
+            await self._fire_swap(rt)
+        return rt
+
+    def available_modules(self, runtime: Runtime | None = None) -> frozenset[str]:
+        """Top-level modules importable in the runtime: stdlib, site-packages and provided modules."""
+        return self._scan_site(runtime or self.runtime)[0] | self.provided_modules
+
+    def installed_distributions(self, runtime: Runtime | None = None) -> dict[str, str]:
+        """Canonical distribution name → version of everything in the runtime's site-packages."""
+        return dict(self._scan_site(runtime or self.runtime)[1])
+
+    def _scan_site(self, rt: Runtime) -> tuple[frozenset[str], dict[str, str]]:
+        # A directory listing, cached by site-packages' mtime (an install adds entries, so it changes).
+        try:
+            mtime = os.stat(rt.site_packages).st_mtime_ns
+        except OSError:
+            mtime = -1
+        cached = self._listing
+        if cached is not None and cached[0] == rt.path and cached[1] == mtime:
+            return cached[2], cached[3]
+        modules: set[str] = set(rt.stdlib_module_names())
+        dists: dict[str, str] = {}
+        try:
+            entries = list(os.scandir(rt.site_packages))
+        except OSError:
+            entries = []
+        for entry in entries:
+            n = entry.name
+            if n.endswith(".dist-info"):
+                name, _, version = n[: -len(".dist-info")].partition("-")
+                dists[canonicalize(name)] = version
+            elif n.endswith((".egg-info", ".pth", ".libs", ".data")) or n.startswith("__"):
+                continue
+            elif n.endswith(".py"):
+                modules.add(n[:-3])
+            elif n.endswith((".so", ".pyd")):
+                modules.add(n.split(".", 1)[0])
+            elif n.isidentifier() and entry.is_dir():
+                modules.add(n)
+        result = (frozenset(modules), dists)
+        self._listing = (rt.path, mtime, *result)
+        return result
+
+    # -- installs ------------------------------------------------------------------------------------
+    async def prepare(
+        self,
+        code: str,
+        install_packages: Sequence[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> PrepareResult:
+        """Install what ``code`` imports and the runtime lacks (approved only, one pip run) before it runs.
+
+        Args:
+            code: the Python source about to run.
+            install_packages: extra distributions the tool call asked for (same approval).
+            progress: optional progress callback for runtime creation and installs.
+
+        Returns:
+            PrepareResult; when ``refused`` is not empty the caller should not run the code.
+
+        Raises:
+            PackageInstallError: a required approved package could not be installed.
+        """
+        scan = scan_imports(code)
+        rt = await self.ensure_runtime(progress)
+        refused: list[tuple[str, str]] = []
+        requested: list[str] = []
+        for name in install_packages or ():
+            ok, reason = self.approval.check(name)
+            if ok:
+                requested.append(canonicalize(name))
+            else:
+                refused.append((str(name), reason))
+        if not self._needs_work(rt, scan, requested):
+            self._touch(scan)
+            return PrepareResult(refused=tuple(refused))
+        # One install at a time per runtime root: a second caller needing the same package waits,
+        # then finds it installed (recomputed below) and starts no pip run of its own.
+        async with _async_lock(rt.root / "<prepare>"):
+            rt = self.runtime
+            available = self.available_modules(rt)
+            have = self.installed_distributions(rt)
+            required: dict[str, list[str]] = {}
+            optional: dict[str, list[str]] = {}
+            optional_missing: list[str] = []
+            for module in scan.required:
+                if module in available:
+                    continue
+                dist = self.distribution_for_import(module)
+                ok, reason = self.approval.check(dist) if dist else (False, "not an installable module")
+                if ok and dist is not None:
+                    required.setdefault(dist, []).append(module)
+                else:
+                    line = scan.line_of(module)
+                    where = f" (line {line})" if line else ""
+                    refused.append((module, f"module {module!r}{where} is not installed and {reason}"))
+            for module in scan.optional:
+                if module in available:
+                    continue
+                dist = self.distribution_for_import(module)
+                if dist is not None and self.approval.check(dist)[0]:
+                    optional.setdefault(dist, []).append(module)
+                else:
+                    optional_missing.append(module)
+            for dist in requested:
+                if dist not in have:
+                    required.setdefault(dist, [])
+            if refused:
+                # The code cannot run as written; installing the rest now would be wasted work.
+                return PrepareResult(
+                    refused=tuple(refused),
+                    optional_missing=tuple(optional_missing),
+                    notes=("nothing was installed because a required package was refused",),
+                )
+            installed, notes = await self._install_required_and_optional(rt, required, optional, progress)
+            for dist, modules in optional.items():
+                if dist not in installed:
+                    optional_missing.extend(modules)
+            available = self.available_modules(rt)
+            for dist, modules in required.items():
+                for module in modules:
+                    if module not in available:
+                        notes.append(f"{dist} was installed but provides no module {module!r}")
+        self._touch(scan)
+        return PrepareResult(
+            installed=tuple(installed),
+            optional_missing=tuple(sorted(set(optional_missing))),
+            notes=tuple(notes),
+        )
+
+    def _needs_work(self, rt: Runtime, scan: ImportScan, requested: Sequence[str]) -> bool:
+        available = self.available_modules(rt)
+        if any(m not in available for m in scan.modules):
+            return True
+        have = self.installed_distributions(rt)
+        return any(d not in have for d in requested)
+
+    async def _install_required_and_optional(
+        self,
+        rt: Runtime,
+        required: dict[str, list[str]],
+        optional: dict[str, list[str]],
+        progress: ProgressCallback | None,
+    ) -> tuple[list[str], list[str]]:
+        notes: list[str] = []
+        everything = sorted({*required, *optional})
+        if not everything:
+            return [], notes
+        try:
+            await self._pip(rt, everything, progress)
+            return everything, notes
+        except PackageInstallError as exc:
+            if not optional:
+                raise
+            first = str(exc).splitlines()[0]
+            notes.append(f"optional packages not installed ({', '.join(sorted(optional))}): {first}")
+        if required:
+            await self._pip(rt, sorted(required), progress)  # raises when a required one fails
+        return sorted(required), notes
+
+    async def _pip(self, rt: Runtime, dists: Sequence[str], progress: ProgressCallback | None) -> None:
+        self.pip_calls += 1
+        try:
+            await runtime_env.pip_install(rt, dists, settings=self.settings, progress=progress)
+        finally:
+            self._listing = None
+        versions = self.installed_distributions(rt)
+        self._record.reload()
+        self._record.add({d: versions.get(d, "") for d in dists})
+
+    async def install(self, names: Sequence[str], progress: ProgressCallback | None = None) -> list[str]:
+        """Install approved distributions that are missing, in one pip run; return those installed.
+
+        Raises:
+            PackageNotApproved: a name is not a plain approved name (nothing is installed then).
+            PackageInstallError: pip failed.
+        """
+        checks = [(n, *self.approval.check(n)) for n in names]
+        bad = [reason for _, ok, reason in checks if not ok]
+        if bad:
+            raise PackageNotApproved("; ".join(bad))
+        rt = await self.ensure_runtime(progress)
+        async with _async_lock(rt.root / "<prepare>"):
+            rt = self.runtime
+            have = self.installed_distributions(rt)
+            missing = sorted({canonicalize(n) for n in names} - set(have))
+            if missing:
+                await self._pip(rt, missing, progress)
+        return missing
+
+    def _touch(self, scan: ImportScan) -> None:
+        dists = {d for m in scan.modules if (d := self.distribution_for_import(m))}
+        if dists:
+            self._record.touch(dists)
+
+    # -- record and status ---------------------------------------------------------------------------
+    def installed_packages(self) -> list[dict[str, Any]]:
+        """Packages installed on demand: name, version, installed_at, last_used (ISO 8601 UTC)."""
+        self._record.reload()
+        return self._record.entries()
+
+    def status(self) -> dict[str, Any]:
+        """Runtime status for get_interpreter_status()."""
+        rt = self.runtime
+        packages = self.installed_packages()
+        last = self._record.last_cleanup
+        return {
+            "venv_exists": rt.exists(),
+            "python_path": str(rt.python),
+            "runtime_path": str(rt.path),
+            "python_version": rt.version,
+            "installed_packages": packages,
+            "package_count": len(packages),
+            "last_cleanup": None if last is None else _iso(last),
+            "needs_rebuild": self.needs_rebuild(),
+            "pip_calls": self.pip_calls,
+        }
+
+    # -- re-creation ---------------------------------------------------------------------------------
+    def needs_rebuild(self, now: float | None = None) -> bool:
+        """True when the current runtime is older than settings.runtime_rebuild_days (never when <= 0)."""
+        days = self.settings.runtime_rebuild_days
+        if days <= 0:
+            return False
+        created = self.runtime.info().get("created_at")
+        if not isinstance(created, int | float):
+            return False
+        return (time.time() if now is None else now) - created >= days * 86400.0
+
+    async def rebuild_runtime(self, progress: ProgressCallback | None = None) -> Runtime:
+        """Build a fresh runtime aside with the baseline and the packages still in use, then swap it in.
+
+        Executions running in the old generation finish undisturbed (its files stay until no lease
+        holds it and a grace time has passed); the on_swap hooks move users to the new one.
+        """
+        root = self.settings.runtime_path.absolute()
+        async with runtime_env.root_lock(root):
+            self.collect_old_runtimes()
+            old = runtime_env.runtime_for(self.settings)
+            self._record.reload()
+            keep = [n for n in self._in_use() if self.approval.check(n)[0]]
+            baseline = list(self.settings.runtime_packages)
+            extra = [n for n in keep if n not in {canonicalize(b) for b in baseline if not name_problem(b)}]
+            new = await runtime_env.build_generation(
+                self.settings, packages=[*baseline, *extra], progress=progress, swap=False
+            )
+            runtime_env.swap_current(root, new.path)
+            if old.path.exists() and old.path != new.path:
+                runtime_env.retire_generation(old.path)
+            self._listing = None
+            self._record.keep_only(keep, self.installed_distributions(new))
+            self._record.set_last_cleanup(time.time())
+            self._record.save()
+        self._runtime = new
+        await self._fire_swap(new)
+        return new
+
+    async def maybe_rebuild(self, progress: ProgressCallback | None = None) -> Runtime | None:
+        """Rebuild when :meth:`needs_rebuild` says so; return the new runtime or None."""
+        return await self.rebuild_runtime(progress) if self.needs_rebuild() else None
+
+    def collect_old_runtimes(self, now: float | None = None) -> list[Path]:
+        """Remove retired generations nobody leases, after a grace time past the longest execution."""
+        grace = float(self.settings.max_timeout) + GRACE_MARGIN_S
+        return runtime_env.collect_generations(self.settings.runtime_path.absolute(), grace_s=grace, now=now)
+
+    def _in_use(self) -> list[str]:
+        days = self.settings.runtime_rebuild_days
+        if days <= 0:
+            return self._record.names()
+        return self._record.used_since(time.time() - days * 86400.0)
+
+    async def _fire_swap(self, new: Runtime) -> None:
+        for hook in list(self.on_swap):
+            try:
+                result = hook(new)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # one failing hook must not stop the others or the swap
+                log.exception("on_swap hook %r failed", hook)
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
