@@ -1,0 +1,41 @@
+"""Code that runs inside the sandbox runtime: file helpers, user-code runner, figure capture, file collection.
+
+This package runs in the RUNTIME interpreter (the sandbox venv), which does not have
+``code_interpreter``'s dependencies. So: stdlib-only at import time, relative imports only, and
+numpy/pandas/PIL/matplotlib imported lazily inside functions. The zygote loads it by file path under
+a private name (see ``_bootstrap.load_runtime_package``); the host may also import it normally
+(``code_interpreter.runtime``), e.g. to call ``collect_generated``.
+
+Interface (the executor codes against it):
+
+- ``preload(modules) -> list[str]``: in the zygote, once; Agg backend, imports the installed modules.
+- ``run_user_code(code, files, work_dir) -> int``: in the sandboxed child; exit code 0 ok, 1 error,
+  ``n & 0xFF`` for ``sys.exit(n)``. User code sees ``FILES``, ``load_file``, ``get_file_path``.
+- ``collect_generated(work_dir, exclude, max_files, max_bytes) -> (files, notes)``.
+"""
+
+from __future__ import annotations
+
+from ._bootstrap import load_runtime_package
+from ._collect import collect_generated, file_type, guess_mime
+from ._figures import MAX_AUTO_FIGURES, configure_matplotlib, save_open_figures
+from ._loaders import PickleRefusedError, UnknownFileError, file_kind, make_file_helpers
+from ._run import preload, run_user_code
+from ._tracebacks import USER_FILENAME
+
+__all__ = [
+    "MAX_AUTO_FIGURES",
+    "USER_FILENAME",
+    "PickleRefusedError",
+    "UnknownFileError",
+    "collect_generated",
+    "configure_matplotlib",
+    "file_kind",
+    "file_type",
+    "guess_mime",
+    "load_runtime_package",
+    "make_file_helpers",
+    "preload",
+    "run_user_code",
+    "save_open_figures",
+]

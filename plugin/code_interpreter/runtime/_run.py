@@ -1,0 +1,166 @@
+"""``preload`` (in the zygote) and ``run_user_code`` (in the sandboxed child)."""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.util
+import io
+import os
+import sys
+import threading
+import types
+from collections.abc import Sequence
+from typing import Any
+
+from . import _figures
+from ._loaders import make_file_helpers
+from ._tracebacks import USER_FILENAME, compile_user_code, print_user_exception, register_source
+
+__all__ = ["preload", "run_user_code"]
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        # find_spec imports the parents of a dotted name; a broken or missing parent lands here.
+        return False
+
+
+def _warm() -> None:
+    """Import and exercise once, in the zygote, what load_file and a first chart would cost each child."""
+    for name in ("csv", "json", "sqlite3", "urllib.parse", "zipfile", "PIL.Image"):
+        if _installed(name):
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass
+    pandas = sys.modules.get("pandas")
+    if pandas is not None:
+        try:
+            pandas.read_csv(io.StringIO("a,b\n1,x\n2,y\n")).groupby("b").sum()
+        except Exception:
+            pass
+    if "matplotlib.pyplot" in sys.modules:
+        try:
+            # The object API leaves pyplot's figure list (and so figure numbering) untouched; one draw
+            # loads the Agg renderer and the default font, which otherwise costs each child ~100 ms.
+            from matplotlib.figure import Figure
+
+            figure = Figure(figsize=(2, 2))
+            axes = figure.subplots()
+            axes.plot([0, 1], [0, 1], label="warm")
+            axes.set_title("warm")
+            axes.legend()
+            figure.savefig(io.BytesIO(), format="png")
+        except Exception:
+            pass
+
+
+def preload(modules: Sequence[str]) -> list[str]:
+    """Import the installed ones of ``modules`` (matplotlib with the Agg backend) in the zygote; return them.
+
+    Missing modules are skipped silently; a module that is installed but fails to import is skipped
+    with a one-line note on stderr (the zygote must start anyway). Also warms what load_file and a
+    first matplotlib chart need, so forked children do not pay for it.
+    """
+    # Before any import: matplotlib reads MPLBACKEND when it is first imported (seaborn imports it).
+    os.environ["MPLBACKEND"] = "Agg"
+    loaded: list[str] = []
+    for name in modules:
+        if not _installed(name):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            sys.stderr.write(f"preload: skipped {name}: {type(exc).__name__}: {exc}\n")
+            continue
+        loaded.append(name)
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None:
+        matplotlib.use("Agg")
+    _figures.configure_matplotlib()
+    _warm()
+    return loaded
+
+
+def _fresh_main(files: dict[str, dict[str, Any]], work_dir: str) -> dict[str, Any]:
+    """A new ``__main__`` module with the file helpers, registered so pickle/dataclasses/inspect find it."""
+    main = types.ModuleType("__main__")
+    namespace = main.__dict__
+    namespace["__builtins__"] = builtins
+    namespace.update(make_file_helpers(files))
+    sys.modules["__main__"] = main
+    sys.argv = [USER_FILENAME]
+    # As for `python script.py`: modules the code writes next to itself are importable.
+    if work_dir not in sys.path:
+        sys.path.insert(0, work_dir)
+    return namespace
+
+
+def _exit_status(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        # What the OS would report for exit(code): sys.exit(256) is 0, sys.exit(-1) is 255.
+        return code & 0xFF
+    # Like the interpreter: a non-integer exit argument is printed and the status is 1.
+    stream = sys.stderr or sys.__stderr__
+    if stream is not None:
+        stream.write(f"{code}\n")
+    return 1
+
+
+def _join_threads() -> None:
+    """Wait for non-daemon threads the code started, as the interpreter does at exit."""
+    current = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not current and not thread.daemon and thread.is_alive():
+            thread.join()
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def run_user_code(code: str, files: dict[str, dict[str, Any]], work_dir: str) -> int:
+    """Run ``code`` as ``__main__`` with FILES/load_file/get_file_path; return the exit code (0 ok, 1 error).
+
+    Called in the sandboxed child (cwd == work_dir). Errors in the user's code never raise out of here:
+    they are printed to stderr as a traceback of the user's ``<code>`` lines (SyntaxError with its
+    caret); ``sys.exit(n)`` gives exit code ``n & 0xFF``. Afterwards, on success or failure, open
+    matplotlib figures are saved as ``figure_N.png`` in ``work_dir`` and stdout/stderr are flushed.
+    """
+    namespace = _fresh_main(files, work_dir)
+    _figures.configure_matplotlib()
+    register_source(code)
+    status = 0
+    try:
+        compiled = compile_user_code(code)
+        if compiled is None:
+            status = 1
+        else:
+            try:
+                exec(compiled, namespace)
+            finally:
+                _join_threads()
+    except SystemExit as exc:
+        status = _exit_status(exc)
+    except BaseException as exc:
+        print_user_exception(exc)
+        status = 1
+    # Configure again: the code may have imported matplotlib itself (it is not always preloaded).
+    _figures.configure_matplotlib()
+    try:
+        _figures.save_open_figures(work_dir)
+    except Exception as exc:
+        print_user_exception(exc)
+    _flush()
+    return status
