@@ -1,0 +1,38 @@
+"""Isolation layers applied to each execution child (Linux): namespaces, mounts, cgroups, uid, seccomp.
+
+Stdlib only (plus pyseccomp, passed in): the zygote loads this package by file path under a private
+name inside the sandbox runtime interpreter, which does not have ``code_interpreter`` installed.
+
+Layers, in the order the supervisor and the child apply them:
+
+* ``namespaces``: new mount, network (no interfaces up), IPC, UTS and PID namespaces (plus a user
+  namespace in ``namespaces`` mode);
+* ``mounts``: private propagation first, then a tmpfs root with read-only binds of the system dirs and
+  the runtime, a size-limited ``/work`` and ``/tmp``, read-only inputs, ``pivot_root``;
+* ``cgroups``: per-execution v1 ``memory`` and ``pids`` controllers where writable;
+* ``limits``: rlimits (CPU, file size, open files, processes, core 0, address space without a memory cgroup);
+* ``identity``: capability bounding set emptied, groups cleared, uid/gid dropped, no_new_privs;
+* ``seccomp``: a deny-list loaded last.
+"""
+
+from __future__ import annotations
+
+from . import _libc, cgroups, identity, limits, mounts, seccomp
+
+__all__ = ["LAYERS", "_libc", "cgroups", "identity", "limits", "mounts", "seccomp"]
+
+#: Layer names reported by ``Executor.status()`` (True when active for the current mode).
+LAYERS = (
+    "netns",
+    "mountns",
+    "pidns",
+    "ipcns",
+    "utsns",
+    "userns",
+    "uid_drop",
+    "no_new_privs",
+    "seccomp",
+    "rlimits",
+    "cgroup_memory",
+    "cgroup_pids",
+)

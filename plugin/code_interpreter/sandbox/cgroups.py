@@ -1,0 +1,176 @@
+"""Per-execution cgroup v1 ``memory`` and ``pids`` controllers, nested under the zygote's own cgroup.
+
+RLIMIT_NPROC counts every process of the sandbox uid system-wide, so concurrent executions would
+share it; a ``pids`` cgroup per execution gives each its own process budget, and a ``memory`` cgroup
+bounds RSS plus tmpfs pages (the work dir) without the address-space limit that breaks numpy.
+Nesting under the cgroup the zygote already lives in keeps the host's accounting intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+CONTROLLERS = ("memory", "pids")
+BASE_PREFIX = "code-interpreter-"
+
+
+def _own_path(controller: str) -> str | None:
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, names, path = line.rstrip("\n").split(":", 2)
+                if controller in names.split(","):
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+def _write(path: str, value: str, dir_fd: int | None = None) -> None:
+    fd = os.open(path, os.O_WRONLY, dir_fd=dir_fd)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def create_base(owner_pid: int) -> dict[str, str]:
+    """Create ``code-interpreter-<pid>`` under this process's v1 cgroup of each controller it can write.
+
+    Returns {controller: base dir}; a controller that is missing or read-only is left out (the
+    executor then reports that layer inactive and falls back to rlimits).
+    """
+    sweep_stale()
+    bases: dict[str, str] = {}
+    for ctrl in CONTROLLERS:
+        own = _own_path(ctrl)
+        mount = os.path.join(CGROUP_ROOT, ctrl)
+        if own is None or not os.path.isfile(os.path.join(mount, "cgroup.procs")):
+            continue
+        base = os.path.join(mount + own, f"{BASE_PREFIX}{owner_pid}")
+        try:
+            os.makedirs(base, exist_ok=True)
+            probe = os.path.join(base, "probe")
+            os.mkdir(probe)
+            os.rmdir(probe)
+        except OSError:
+            continue
+        bases[ctrl] = base
+    return bases
+
+
+def sweep_stale() -> None:
+    """Remove base dirs left by zygotes that died (their pid is gone); only empty cgroups are removed."""
+    for ctrl in CONTROLLERS:
+        own = _own_path(ctrl)
+        if own is None:
+            continue
+        parent = os.path.join(CGROUP_ROOT, ctrl) + own
+        try:
+            names = os.listdir(parent)
+        except OSError:
+            continue
+        for name in names:
+            pid = name.removeprefix(BASE_PREFIX)
+            if name.startswith(BASE_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                remove_tree(os.path.join(parent, name))
+
+
+def remove_tree(path: str) -> bool:
+    """rmdir a cgroup and its children bottom-up; False if some still hold processes."""
+    ok = True
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return not os.path.exists(path)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            ok = remove_tree(entry.path) and ok
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        ok = False
+    return ok
+
+
+class ExecCgroup:
+    """The cgroups of one execution: created by the supervisor, joined by the child before the uid drop."""
+
+    def __init__(self, bases: dict[str, str], name: str, memory_mb: int, max_pids: int) -> None:
+        self.dirs: dict[str, str] = {}
+        self.procs_fds: list[int] = []
+        self.memory_fd: int | None = None
+        for ctrl, base in bases.items():
+            path = os.path.join(base, name)
+            try:
+                os.mkdir(path)
+                self.dirs[ctrl] = path
+                if ctrl == "memory":
+                    limit = str(memory_mb * 2**20)
+                    _write(os.path.join(path, "memory.limit_in_bytes"), limit)
+                    with contextlib.suppress(OSError):
+                        _write(os.path.join(path, "memory.memsw.limit_in_bytes"), limit)
+                    self.memory_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                else:
+                    _write(os.path.join(path, "pids.max"), str(max_pids))
+                self.procs_fds.append(os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY))
+            except OSError:
+                # A controller we cannot configure is dropped rather than half-applied.
+                self.dirs.pop(ctrl, None)
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+
+    @property
+    def active(self) -> dict[str, bool]:
+        """Which controllers this execution is limited by."""
+        return {f"cgroup_{ctrl}": ctrl in self.dirs for ctrl in CONTROLLERS}
+
+    def join(self) -> None:
+        """Move the calling process (the child, still root) into every controller, then drop the fds."""
+        for fd in self.procs_fds:
+            os.write(fd, b"0")
+        self.close_fds()
+
+    def close_fds(self) -> None:
+        """Close the cgroup.procs fds (the child must not keep them)."""
+        for fd in self.procs_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.procs_fds = []
+
+    def oom_killed(self) -> bool:
+        """True when the memory controller killed a process of this execution."""
+        if self.memory_fd is None:
+            return False
+        try:
+            fd = os.open("memory.oom_control", os.O_RDONLY, dir_fd=self.memory_fd)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip() != "0":
+                    return True
+            fd = os.open("memory.failcnt", os.O_RDONLY, dir_fd=self.memory_fd)
+            try:
+                return int(os.read(fd, 64) or b"0") > 0
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            return False
+
+    def remove(self) -> None:
+        """Remove the execution's cgroups (every process in them is gone by now)."""
+        self.close_fds()
+        if self.memory_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.memory_fd)
+            self.memory_fd = None
+        for path in self.dirs.values():
+            remove_tree(path)
+        self.dirs = {}

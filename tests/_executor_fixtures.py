@@ -1,0 +1,72 @@
+"""Shared helpers of the executor and sandbox tests: a strict executor with small limits."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from code_interpreter.executor import Executor
+from code_interpreter.settings import Settings
+
+#: Wall-clock timeout of the bomb cases (the suite's time is dominated by these).
+BOMB_TIMEOUT = 2.0
+SECRET = "ci-test-secret-4f1d2b"
+
+
+def small_settings(home: Path, **overrides: Any) -> Settings:
+    """Strict settings with limits small enough that every bomb hits one quickly."""
+    values: dict[str, Any] = {
+        "home": home,
+        "isolation": "strict",
+        "memory_limit_mb": 256,
+        "max_processes": 32,
+        "max_open_files": 64,
+        "max_write_mb": 16,
+        "work_dir_mb": 32,
+        "max_output_bytes": 4000,
+        "max_parallel": 6,
+        "max_parallel_per_user": 3,
+        "default_timeout": 5,
+        "max_timeout": 10,
+        "preload_modules": ("numpy", "pandas", "matplotlib", "matplotlib.pyplot"),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def host_secrets(root: Path) -> Path:
+    """A host directory with a root-only (0600) file, made visible in the sandbox's mount view."""
+    secrets = root / "host-secrets"
+    secrets.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(secrets, 0o755)
+    secret = secrets / "root-only.txt"
+    secret.write_text(SECRET)
+    os.chmod(secret, 0o600)
+    (secrets / "public.txt").write_text("public")
+    os.chmod(secrets / "public.txt", 0o644)
+    return secrets
+
+
+async def started_executor(
+    settings: Settings, runtime: Any, extra: tuple[Path, ...] = ()
+) -> AsyncIterator[Executor]:
+    """Start an executor (the runtime's read-only paths extended by ``extra``), close it afterwards."""
+    if extra:
+        runtime = dataclasses.replace(runtime, extra_paths=tuple(runtime.extra_paths) + extra)
+    executor = Executor(settings, runtime)
+    await executor.start()
+    try:
+        yield executor
+    finally:
+        await executor.close()
+
+
+def require_root() -> None:
+    """Strict isolation needs root: fail loudly elsewhere rather than pretend."""
+    if os.geteuid() != 0:
+        pytest.fail("the strict-sandbox tests need root (run them in the project's root container)")

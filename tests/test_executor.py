@@ -1,0 +1,272 @@
+"""The executor's contract: results, bad input, timeouts, generated files, concurrency, zygote lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _executor_fixtures import require_root, small_settings, started_executor
+from code_interpreter.errors import IsolationUnavailable
+from code_interpreter.executor import ExecutionResult, Executor, FileRef, isolation_problem
+
+
+@pytest.fixture(scope="module")
+async def executor(sandbox_runtime: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Executor]:
+    require_root()
+    async for ex in started_executor(small_settings(tmp_path_factory.mktemp("exec-home")), sandbox_runtime):
+        yield ex
+
+
+async def run(ex: Executor, code: str, **kw: Any) -> ExecutionResult:
+    kw.setdefault("timeout", 5)
+    return await ex.execute(code, user_id=kw.pop("user_id", "u1"), **kw)
+
+
+async def test_status_reports_every_layer_active(executor: Executor) -> None:
+    st = executor.status()
+    assert st["mode"] == "strict" and st["zygote_pid"]
+    expected = {"netns", "mountns", "pidns", "ipcns", "utsns", "uid_drop", "seccomp", "rlimits"}
+    expected |= {"cgroup_memory", "cgroup_pids", "no_new_privs"}
+    assert {k for k, v in st["layers"].items() if v} == expected
+    assert st["max_parallel"] == 6 and st["running"] == 0 and st["queued"] == 0
+    assert "pandas" in st["preloaded"]
+
+
+async def test_stdout_stderr_apart_and_result_dict_shape(executor: Executor) -> None:
+    r = await run(executor, "import sys\nprint('out')\nprint('err', file=sys.stderr)")
+    assert (r.success, r.output, r.stderr, r.error, r.return_code) == (True, "out\n", "err\n", None, 0)
+    d = r.to_dict()
+    assert set(d) == {"success", "output", "error", "execution_time", "return_code", "stderr", "truncated",
+                      "isolation", "notes", "generated_files"}  # fmt: skip
+    assert d["isolation"] == "strict" and d["generated_files"] == []
+
+
+async def test_traceback_points_at_user_lines(executor: Executor) -> None:
+    r = await run(executor, "x = 1\ny = 2\nz = x / (y - 2)\n")
+    assert not r.success and r.return_code == 1
+    assert r.error is not None and 'File "<code>", line 3' in r.error and "ZeroDivisionError" in r.error
+    assert "_supervisor" not in r.error and "runtime" not in r.error
+
+
+async def test_syntax_error_is_a_normal_failed_result(executor: Executor) -> None:
+    r = await run(executor, "print('a')\ndef f(:\n")
+    assert not r.success and r.return_code == 1
+    assert r.error is not None and "SyntaxError" in r.error and "line 2" in r.error
+
+
+@pytest.mark.parametrize(
+    ("code", "ok", "needle"),
+    [
+        ("", True, ""),
+        ("   \n\n", True, ""),
+        ("print('a\x00b')", False, "null"),
+        ("print('\udcff')", False, "surrogates not allowed"),
+        ("import sys; sys.exit(3)", False, "code 3"),
+        ("raise SystemExit(0)", True, ""),
+    ],
+)
+async def test_bad_and_odd_input(executor: Executor, code: str, ok: bool, needle: str) -> None:
+    r = await run(executor, code)
+    assert r.success is ok, (r.output, r.error)
+    assert needle in (r.output + (r.error or "")).lower() or needle in r.output
+
+
+async def test_several_megabytes_of_code(executor: Executor) -> None:
+    code = (
+        "rows = [\n"
+        + "    'abcdefghij',\n" * 90_000
+        + "]\nblob = '"
+        + "z" * 300_000
+        + "'\nprint(len(rows), len(blob))\n"
+    )
+    assert 1_800_000 < len(code) <= executor.settings.max_code_bytes
+    r = await run(executor, code, timeout=10)
+    assert r.success and r.output == "90000 300000\n", r.error
+
+
+async def test_code_over_the_cap_is_refused_clearly(executor: Executor) -> None:
+    r = await run(executor, "#" * (executor.settings.max_code_bytes + 1))
+    assert not r.success and r.error is not None and r.error.startswith("Code too large")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "note"),
+    [(0, "not positive"), (-5, "not positive"), (10**6, "exceeds the maximum"), (None, None), (2.5, None)],
+)
+async def test_timeout_clamping_is_said(executor: Executor, timeout: Any, note: str | None) -> None:  # noqa: ASYNC109
+    r = await executor.execute("print(1)", user_id="u1", timeout=timeout)
+    assert r.success
+    if note is None:
+        assert r.notes == ()
+    else:
+        assert len(r.notes) == 1 and note in r.notes[0]
+
+
+async def test_timeout_message_and_partial_output(executor: Executor) -> None:
+    r = await run(executor, "import time\nprint('before', flush=True)\ntime.sleep(30)", timeout=1)
+    assert not r.success and r.return_code == -1
+    assert (
+        r.error == "Execution timeout after 1 seconds — pass timeout= up to 10, or process the data in chunks"
+    )
+    assert r.output == "before\n"
+
+
+async def test_plt_show_without_savefig_returns_a_png(executor: Executor) -> None:
+    r = await run(
+        executor, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('t')\nplt.show()"
+    )
+    assert r.success, r.error
+    assert [g.filename for g in r.generated] == ["figure_1.png"]
+    png = r.generated[0]
+    assert png.data.startswith(b"\x89PNG\r\n\x1a\n") and png.mime == "image/png" and png.size == len(png.data)
+    assert r.to_dict()["generated_files"][0]["type"] == "image"
+
+
+async def test_nested_generated_files_and_input_files(executor: Executor, tmp_path: Path) -> None:
+    src = tmp_path / "sales.csv"
+    src.write_text("region,amount\nn,1\ns,2\nn,3\n")
+    os.chmod(src, 0o644)
+    ref = FileRef(file_id="65f0c0ffee", path=src, filename="sales.csv", file_type="csv")
+    code = """
+import os
+df = load_file('65f0c0ffee')
+os.makedirs('out/deep', exist_ok=True)
+df.groupby('region').amount.sum().to_csv('out/deep/summary.csv')
+print(sorted(FILES), get_file_path('65f0c0ffee'))
+"""
+    r = await run(executor, code, files=[ref])
+    assert r.success, r.error
+    assert "['65f0c0ffee'] /mnt/inputs/65f0c0ffee/sales.csv" in r.output
+    files = {g.filename: g.data for g in r.generated}
+    assert files == {"out/deep/summary.csv": b"region,amount\nn,4\ns,2\n"}
+
+
+async def test_missing_input_file_is_a_clear_error(executor: Executor, tmp_path: Path) -> None:
+    from code_interpreter.errors import FileNotFound
+
+    ref = FileRef(file_id="gone", path=tmp_path / "nope.csv", filename="nope.csv", file_type="csv")
+    with pytest.raises(FileNotFound, match="gone"):
+        await run(executor, "pass", files=[ref])
+
+
+async def test_sixteen_concurrent_executions(executor: Executor) -> None:
+    code = "import pandas as pd\nprint(pd.Series(range({n})).sum())"
+    results = await asyncio.gather(
+        *(executor.execute(code.format(n=i), user_id=f"user{i}", timeout=20) for i in range(16))
+    )
+    assert [r.output for r in results] == [f"{sum(range(i))}\n" for i in range(16)]
+    assert executor.status()["running"] == 0 and executor.status()["queued"] == 0
+
+
+async def test_per_user_cap_queues_the_rest(executor: Executor) -> None:
+    cap = executor.settings.per_user_parallel
+    tasks = [
+        asyncio.create_task(run(executor, "import time; time.sleep(0.6)", user_id="greedy"))
+        for _ in range(cap + 2)
+    ]
+    other = asyncio.create_task(run(executor, "print('me too')", user_id="polite"))
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if executor.status()["running"] >= cap:
+            break
+    st = executor.status()
+    assert st["running"] <= cap + 1 and st["queued"] >= 2
+    assert (await other).output == "me too\n"  # not stuck behind the greedy user's queue
+    assert all(r.success for r in await asyncio.gather(*tasks))
+
+
+async def test_zygote_killed_mid_execution_then_recovery(executor: Executor) -> None:
+    before = executor.status()["zygote_pid"]
+    slow = asyncio.create_task(run(executor, "import time\ntime.sleep(0.5)\nprint('finished')"))
+    await asyncio.sleep(0.2)
+    await executor.kill_zygote()
+    r = await slow
+    # The supervisor reports straight to the host, so a started execution survives its zygote.
+    assert r.success and r.output == "finished\n", r.error
+    again = await run(executor, "print('recovered')")
+    assert again.success and again.output == "recovered\n"
+    after = executor.status()["zygote_pid"]
+    assert after and after != before
+
+
+async def test_restart_lets_running_executions_finish(executor: Executor) -> None:
+    slow = asyncio.create_task(run(executor, "import time\ntime.sleep(0.8)\nprint('old zygote')"))
+    await asyncio.sleep(0.2)
+    before = executor.status()["zygote_pid"]
+    await executor.restart()
+    assert executor.status()["zygote_pid"] != before
+    assert (await slow).output == "old zygote\n"
+    assert (await run(executor, "print('new')")).output == "new\n"
+
+
+async def test_supervisor_killed_gives_sandbox_crashed(executor: Executor) -> None:
+    task = asyncio.create_task(run(executor, "import time\nprint('x', flush=True)\ntime.sleep(3)"))
+    await asyncio.sleep(0.4)
+    zygote = executor.status()["zygote_pid"]
+    killed = _kill_busy_supervisor(zygote)
+    r = await task
+    assert killed
+    assert not r.success and r.error is not None and r.error.startswith("Sandbox crashed"), r.error
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _uid(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def _kill_busy_supervisor(zygote: int) -> bool:
+    """Kill the supervisor whose child is running user code (its child's fd 4 — the request — is closed)."""
+    import signal
+
+    for sup in _children(zygote):
+        for child in _children(sup):
+            if _uid(child) == 65534 and not os.path.exists(f"/proc/{child}/fd/4"):
+                os.kill(sup, signal.SIGKILL)
+                return True
+    return False
+
+
+async def test_isolation_none_warns_and_runs(
+    sandbox_runtime: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="code_interpreter.executor")
+    settings = small_settings(tmp_path / "home", isolation="none", preload_modules=())
+    async for ex in started_executor(settings, sandbox_runtime):
+        r = await ex.execute("open('x.txt', 'w').write('hi')\nprint('ran')", user_id="u", timeout=5)
+        assert r.success and r.output == "ran\n" and r.isolation == "none"
+        assert [g.filename for g in r.generated] == ["x.txt"]
+        assert ex.status()["layers"]["netns"] is False
+    assert any("WITHOUT a sandbox" in rec.getMessage() for rec in caplog.records)
+
+
+def test_isolation_problem_explains_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isolation_problem("none") is None
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    problem = isolation_problem("strict")
+    assert problem is not None and "needs root" in problem and "namespaces" in problem
+
+
+async def test_start_refuses_unavailable_isolation(
+    sandbox_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    ex = Executor(small_settings(tmp_path / "home"), sandbox_runtime)
+    with pytest.raises(IsolationUnavailable, match="isolation='none' explicitly"):
+        await ex.start()
+    await ex.close()
