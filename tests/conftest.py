@@ -123,3 +123,12 @@ async def sandbox_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
     runtime_dir = Path(root) if root else tmp_path_factory.mktemp("sandbox-runtime") / "runtime"
     settings = Settings(home=tmp_path_factory.mktemp("runtime-home"), runtime_dir=runtime_dir)
     return await ensure_runtime(settings)
+
+
+@pytest.fixture
+async def interp(make_settings: Callable[..., Settings], sandbox_runtime: Any) -> AsyncIterator[Any]:
+    """A started CodeInterpreter per test: its own data dir and database, the shared sandbox runtime."""
+    from code_interpreter.interpreter import CodeInterpreter
+
+    async with CodeInterpreter(make_settings(runtime_dir=sandbox_runtime.root)) as interpreter:
+        yield interpreter

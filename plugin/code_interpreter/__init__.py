@@ -1,1 +1,82 @@
-"""code_interpreter: a safe, fast execute_python_code tool for LLM agents."""
+"""code_interpreter: a safe, fast ``execute_python_code`` tool for LLM agents.
+
+import code_interpreter as ci
+async with ci.CodeInterpreter() as interp:
+    result = await interp.execute("print(1 + 1)", user_id=42)
+"""
+
+from __future__ import annotations
+
+from . import tokens
+from ._defaults import (
+    cleanup_expired_files,
+    delete_user_file,
+    execute_code,
+    get_file_manager,
+    get_interpreter_status,
+    get_package_manager,
+    list_user_files,
+    upload_file,
+)
+from .agent import AgentResult, run_agent
+from .errors import (
+    BudgetExceeded,
+    CodeInterpreterError,
+    ConfigurationError,
+    FileNotFound,
+    FileTooLarge,
+    IsolationUnavailable,
+    PackageInstallError,
+    PackageNotApproved,
+    PolicyViolation,
+    QuotaExceeded,
+    SandboxCrashed,
+    SandboxError,
+    SandboxTimeout,
+    StorageUnavailable,
+    ToolArgumentError,
+)
+from .files import FileManager
+from .interpreter import CodeInterpreter
+from .packages import PackageManager
+from .settings import Settings
+from .tools import ToolContext, ToolDispatcher, ToolResult, tool_definitions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentResult",
+    "BudgetExceeded",
+    "CodeInterpreter",
+    "CodeInterpreterError",
+    "ConfigurationError",
+    "FileManager",
+    "FileNotFound",
+    "FileTooLarge",
+    "IsolationUnavailable",
+    "PackageInstallError",
+    "PackageManager",
+    "PackageNotApproved",
+    "PolicyViolation",
+    "QuotaExceeded",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxTimeout",
+    "Settings",
+    "StorageUnavailable",
+    "ToolArgumentError",
+    "ToolContext",
+    "ToolDispatcher",
+    "ToolResult",
+    "cleanup_expired_files",
+    "delete_user_file",
+    "execute_code",
+    "get_file_manager",
+    "get_interpreter_status",
+    "get_package_manager",
+    "list_user_files",
+    "run_agent",
+    "tokens",
+    "tool_definitions",
+    "upload_file",
+]

@@ -179,7 +179,8 @@ class Settings:
                 self.default_timeout
             ), f"timeout {timeout!r} is not positive; used the default {self.default_timeout} s"
         if timeout > self.max_timeout:
-            return float(self.max_timeout), f"timeout {timeout!r} exceeds the maximum; used {self.max_timeout} s"
+            note = f"timeout {timeout!r} exceeds the maximum; used {self.max_timeout} s"
+            return float(self.max_timeout), note
         return float(timeout), None
 
     def replace(self, **changes: Any) -> Settings:

@@ -1,0 +1,147 @@
+"""Turning an execution result into what the model reads: compact text, and image parts for vision models.
+
+Chat Completions *tool* messages accept text only, so generated images cannot travel inside the
+tool message. For vision-capable models they are sent in one follow-up ``user`` message right after
+the tool messages of a round, as ``image_url`` parts holding ``data:`` URLs (see
+:func:`images_message`); the Responses API has the same restriction for ``function_call_output``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "IMAGE_MIMES",
+    "MAX_IMAGE_BYTES",
+    "image_parts",
+    "images_message",
+    "render_content",
+    "supports_vision",
+]
+
+IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+# OpenAI refuses images over 20 MB in a request; a chart is far smaller, a huge one is not worth the tokens.
+MAX_IMAGE_BYTES = 5 * 2**20
+
+# Model families that accept image input (prefixes of the model name, lower case, provider prefix removed).
+_VISION_PREFIXES = (
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-4-turbo",
+    "gpt-4-vision",
+    "gpt-5",
+    "chatgpt-4o",
+    "o1",
+    "o3",
+    "o4",
+    "claude-3",
+    "claude-sonnet",
+    "claude-opus",
+    "claude-haiku",
+    "gemini",
+    "llava",
+    "pixtral",
+    "qwen-vl",
+    "qwen2-vl",
+    "qwen2.5-vl",
+)
+_NOT_VISION = ("o1-mini", "o1-preview", "o3-mini", "gpt-4o-audio", "gpt-4o-realtime", "gpt-4o-mini-tts")
+
+
+def supports_vision(model: str | None) -> bool:
+    """Whether a model name belongs to a family that accepts image input (a heuristic on the name)."""
+    if not model:
+        return False
+    name = model.lower().rsplit("/", 1)[-1]
+    if name.startswith(_NOT_VISION):
+        return False
+    return name.startswith(_VISION_PREFIXES)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 2**20:
+        return f"{n / 1024:.1f} KB"
+    return f"{n / 2**20:.1f} MB"
+
+
+def render_content(name: str, result: dict[str, Any]) -> str:
+    """Compact text for the model: status, output, error with traceback, generated files, notes."""
+    ok = bool(result.get("success"))
+    seconds = float(result.get("execution_time") or 0.0)
+    code = result.get("return_code")
+    lines: list[str] = []
+    if ok:
+        lines.append(f"Status: success in {seconds:.2f} s.")
+    else:
+        rc = f" (exit code {code})" if code not in (None, 0) else ""
+        lines.append(f"Status: failed{rc} after {seconds:.2f} s.")
+    output = (result.get("output") or "").rstrip("\n")
+    if output:
+        lines += ["Output:", output]
+    elif ok:
+        lines.append("Output: (nothing was printed; print() the values you want to see)")
+    error = (result.get("error") or "").rstrip("\n")
+    stderr = (result.get("stderr") or "").rstrip("\n")
+    if error:
+        lines += ["Error:", error]
+    # The executor often puts the traceback in both: show it once.
+    if stderr and not (error and (stderr in error or error in stderr)):
+        lines += ["Stderr:", stderr]
+    files = result.get("generated_files") or []
+    if files:
+        lines.append("Generated files (already sent to the user):")
+        for f in files:
+            fid = f.get("file_id")
+            ref = f"file_id {fid}" if fid else "not stored"
+            mime = f.get("mime") or f.get("type") or "file"
+            lines.append(f"- {f.get('filename')} ({mime}, {_size(int(f.get('size') or 0))}; {ref})")
+    notes = [n for n in result.get("notes") or () if n]
+    if result.get("truncated"):
+        notes.append("the output was truncated (head and tail kept): print less, or summarise the data first")
+    if notes:
+        lines.append("Notes:")
+        lines += [f"- {n}" for n in notes]
+    if not ok:
+        lines.append(f"Read the error, fix the code and call {name} again.")
+    return "\n".join(lines)
+
+
+def image_parts(files: Iterable[dict[str, Any]], limit: int) -> tuple[dict[str, Any], ...]:
+    """``image_url`` content parts (data URLs) for up to ``limit`` generated images."""
+    parts: list[dict[str, Any]] = []
+    for f in files:
+        if len(parts) >= limit:
+            break
+        mime = f.get("mime") or ""
+        data = f.get("data")
+        if mime not in IMAGE_MIMES or not isinstance(data, bytes | bytearray) or len(data) > MAX_IMAGE_BYTES:
+            continue
+        url = f"data:{mime};base64,{base64.b64encode(bytes(data)).decode('ascii')}"
+        parts.append({"type": "image_url", "image_url": {"url": url, "detail": "auto"}})
+    return tuple(parts)
+
+
+def images_message(results: Sequence[Any]) -> dict[str, Any] | None:
+    """One ``user`` message carrying the images of a round's tool results, or None when there are none.
+
+    ``results`` are :class:`~code_interpreter.tools.ToolResult` objects (anything with ``images``
+    and ``tool_call_id``). Chat Completions tool messages take text only, so this message follows them.
+    """
+    content: list[dict[str, Any]] = []
+    for r in results:
+        if r.images:
+            content.append(
+                {
+                    "type": "text",
+                    "text": f"Images generated by tool call {r.tool_call_id} (already shown to the user):",
+                }
+            )
+            content.extend(r.images)
+    if not content:
+        return None
+    return {"role": "user", "content": content}
