@@ -1,0 +1,138 @@
+"""The README is the user's manual: its settings table and examples are checked against the code.
+
+Run ``python tests/test_docs.py`` to regenerate the settings table in README.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from code_interpreter.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def settings_table() -> str:
+    """The settings table, built from the Settings fields, their defaults and their docstrings."""
+    src = (REPO / "plugin/code_interpreter/settings.py").read_text()
+    cls = next(n for n in ast.parse(src).body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    docs: dict[str, str] = {}
+    for i, node in enumerate(cls.body):
+        nxt = cls.body[i + 1] if i + 1 < len(cls.body) else None
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
+            docs[node.target.id] = str(nxt.value.value)
+    special = {"home": "`~/.local/share/code-interpreter`", "max_parallel": "CPU count (at least 2)"}
+    lines = ["| field | environment variable | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        env = "MONGODB_URI" if f.name == "mongodb_uri" else "CODE_INTERPRETER_" + f.name.upper()
+        if f.name in special:
+            default = special[f.name]
+        else:
+            v = f.default
+            default = "`" + (",".join(v) if isinstance(v, tuple) else repr(v)) + "`"
+        lines.append(f"| `{f.name}` | `{env}` | {default} | {docs.get(f.name, '')} |")
+    return "\n".join(lines)
+
+
+def readme_with_table(text: str) -> str:
+    """README text with the settings table section replaced by the generated one."""
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{settings_table()}\n{END}{tail}"
+
+
+def python_blocks() -> list[str]:
+    """The README's ```python code blocks, in order."""
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_settings_table_matches_the_code() -> None:
+    text = README.read_text()
+    assert readme_with_table(text) == text, "README settings table is stale: run `python tests/test_docs.py`"
+
+
+def test_quickstart_test_command_is_what_ci_runs() -> None:
+    quickstart = README.read_text().split("## Quickstart", 1)[1].split("```console", 1)[1].split("```", 1)[0]
+    commands = [c.strip() for c in quickstart.strip().splitlines()]
+    assert len(commands) == 2, "the Quickstart is exactly two commands"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "pip install" in ci and "tox" in ci
+    assert commands[1] == "pip install tox && tox"
+    assert "code-interpreter demo" in commands[0]
+
+
+def test_every_python_block_parses() -> None:
+    blocks = python_blocks()
+    assert len(blocks) >= 3
+    for block in blocks:
+        ast.parse(block)
+
+
+def _run_block(block: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", block], env=env, cwd=cwd, capture_output=True, text=True, timeout=240
+    )
+
+
+@pytest.fixture
+def example_env(tmp_path: Path, mongo_uri: str, db_name: str, sandbox_runtime: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CODE_INTERPRETER_", "OPENAI_"))}
+    env.update(
+        CODE_INTERPRETER_HOME=str(tmp_path / "home"),
+        CODE_INTERPRETER_DATABASE=db_name,
+        CODE_INTERPRETER_RUNTIME_DIR=str(sandbox_runtime.root),
+        MONGODB_URI=mongo_uri,
+    )
+    return env
+
+
+def test_python_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
+    proc = _run_block(python_blocks()[0], example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "True 8"
+
+
+def test_openai_example_runs_against_a_scripted_server(example_env: dict[str, str], tmp_path: Path) -> None:
+    from openai_server import ScriptedOpenAI, completion, tool_call
+
+    code = "a, b = 0, 1\nfor _ in range(30):\n    a, b = b, a + b\nprint(a)"
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        tool_output = next(m["content"] for m in body["messages"] if m["role"] == "tool")
+        assert "832040" in tool_output
+        return completion("The 30th Fibonacci number is 832040.")
+
+    script = [completion(None, [tool_call("execute_python_code", {"code": code})]), answer]
+    with ScriptedOpenAI(script) as server:
+        env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+        proc = _run_block(python_blocks()[1], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert len(server.requests) == 2
+        assert server.requests[0]["tools"][0]["function"]["name"] == "execute_python_code"
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "The 30th Fibonacci number is 832040."
+    estimated, reported = lines[1].split(" ", 1)
+    assert int(estimated) > 0 and "prompt_tokens" in reported
+    json.dumps(lines)  # printable, plain text
+
+
+if __name__ == "__main__":
+    README.write_text(readme_with_table(README.read_text()))
+    print("README settings table regenerated")
