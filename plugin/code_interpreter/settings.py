@@ -9,6 +9,7 @@ Tuples are comma-separated in the environment; booleans accept 1/0/true/false/ye
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import types
 import typing
@@ -206,7 +207,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``CODE_INTERPRETER_*`` variables and ``MONGODB_URI``, then ``overrides``."""
         env = os.environ if env is None else env
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name = "MONGODB_URI" if f.name == "mongodb_uri" else ENV_PREFIX + f.name.upper()
@@ -223,7 +224,7 @@ class Settings:
         return cls(**values)
 
     def _validate(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in dataclasses.fields(self):
             choices = _literal_choices(hints[f.name])
             v = getattr(self, f.name)
@@ -254,6 +255,12 @@ class Settings:
             raise ConfigurationError("file_expiration_hours must be positive, or -1 to keep files forever")
         if not isinstance(self.home, Path):
             object.__setattr__(self, "home", Path(self.home))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # get_type_hints evaluates every annotation string: milliseconds per call, so do it once per class.
+    return typing.get_type_hints(cls)
 
 
 def _redact_uri(uri: str) -> str:
