@@ -8,6 +8,7 @@ effect. :func:`aclose_default_interpreters` closes them at shutdown (and between
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .files import FileManager
 from .interpreter import CodeInterpreter
 from .packages import PackageManager
-from .settings import Settings
+from .settings import ENV_PREFIX, Settings
 from .storage import _unwrap_handler
 
 
@@ -33,6 +34,21 @@ class _Default:
 
 _interpreters: dict[tuple[int, int], _Default] = {}
 _package_manager: PackageManager | None = None
+_env_settings: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+
+# Variables Settings.from_env reads (HOME and XDG_DATA_HOME decide the default home directory).
+_ENV_EXTRA = ("MONGODB_URI", "HOME", "XDG_DATA_HOME")
+
+
+def _settings_from_env() -> Settings:
+    """Settings.from_env(), rebuilt only when a variable it reads has changed (building one costs ms)."""
+    global _env_settings
+    snapshot = tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX) or k in _ENV_EXTRA)
+    )
+    if _env_settings is None or _env_settings[0] != snapshot:
+        _env_settings = (snapshot, Settings.from_env())
+    return _env_settings[1]
 
 
 async def default_interpreter(db_handler: Any = None) -> CodeInterpreter:
@@ -41,7 +57,7 @@ async def default_interpreter(db_handler: Any = None) -> CodeInterpreter:
     loop = asyncio.get_running_loop()
     db = None if db_handler is None else _unwrap_handler(db_handler)
     key = (id(loop), 0 if db is None else id(db))
-    settings = Settings.from_env()
+    settings = _settings_from_env()
     stale: CodeInterpreter | None = None
     entry = _interpreters.get(key)
     if entry is not None and (entry.loop() is not loop or entry.db is not db):
@@ -122,7 +138,7 @@ async def get_interpreter_status(db_handler: Any = None) -> dict[str, Any]:
 def get_package_manager() -> PackageManager:
     """The default PackageManager (approval checks need no database); follows environment changes."""
     global _package_manager
-    settings = Settings.from_env()
+    settings = _settings_from_env()
     if _package_manager is None or _package_manager.settings != settings:
         _package_manager = PackageManager(settings)
     return _package_manager
@@ -138,7 +154,7 @@ def get_file_manager(db_handler: Any = None) -> FileManager:
         RuntimeError: no handler and no default interpreter started in this event loop yet.
     """
     if db_handler is not None:
-        return FileManager(_unwrap_handler(db_handler), Settings.from_env())
+        return FileManager(_unwrap_handler(db_handler), _settings_from_env())
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:

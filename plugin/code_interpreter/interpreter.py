@@ -199,7 +199,10 @@ class CodeInterpreter:
             return _failure(
                 f"code must be a string of Python source, got {type(code).__name__}", isolation=isolation
             )
-        size = len(code.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(code.encode("utf-8"))
+        except UnicodeEncodeError as exc:  # lone surrogates: not text any interpreter can run
+            return _failure(_invalid_character(code, exc), isolation=isolation)
         if size > self.settings.max_code_bytes:
             return _failure(
                 f"code is {size:,} bytes; the limit is {self.settings.max_code_bytes:,} bytes. "
@@ -208,9 +211,6 @@ class CodeInterpreter:
             )
         if not code.strip():
             return _failure("code is empty: send the Python source to run", isolation=isolation)
-        bad_char = _invalid_character(code)
-        if bad_char:
-            return _failure(bad_char, isolation=isolation)
         effective_timeout, timeout_note = self.settings.clamp_timeout(timeout)
         notes = [timeout_note] if timeout_note else []
 
@@ -238,13 +238,10 @@ class CodeInterpreter:
             refs = await self._pin_files(user_files or (), user_id, pin_dir)
             if isinstance(refs, str):
                 return _failure(refs, notes=notes, isolation=isolation, started=started)
-            try:
-                executor = await self.executor()
-                result = await executor.execute(
-                    code, user_id=str(user_id), files=refs, timeout=effective_timeout
-                )
-            except CodeInterpreterError as exc:
-                return _failure(str(exc), notes=notes, isolation=isolation, started=started)
+            executor = await self.executor()
+            result = await executor.execute(code, user_id=str(user_id), files=refs, timeout=effective_timeout)
+        except CodeInterpreterError as exc:  # storage down, corrupt bytes, no sandbox: a result, not a raise
+            return _failure(str(exc), notes=notes, isolation=isolation, started=started)
         finally:
             if user_files:
                 await asyncio.to_thread(shutil.rmtree, pin_dir, True)
@@ -294,11 +291,12 @@ class CodeInterpreter:
             )
         return refs
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, start_sandbox: bool = True) -> dict[str, Any]:
         """What is running and how: storage, isolation mode and layers, runtime and packages.
 
         The layers are those the sandbox's self-test confirmed, so the executor is started here when
         the runtime already exists (a status call never creates the runtime: that can take minutes).
+        ``start_sandbox=False`` skips that (seconds); ``layers`` is then None until the first execution.
         """
         await self.start()
         storage = self._storage.describe()
@@ -308,11 +306,14 @@ class CodeInterpreter:
         except StorageUnavailable as exc:
             storage["reachable"] = False
             storage["error"] = str(exc)
+        runtime_ready = self.packages.runtime.is_complete()
         executor_status: dict[str, Any] = {
             "started": False,
-            "reason": "the sandbox runtime is not created yet; the first execution creates it",
+            "reason": "the sandbox starts with the first execution"
+            if runtime_ready
+            else "the sandbox runtime is not created yet; the first execution creates it",
         }
-        if self._executor is None and self.packages.runtime.is_complete():
+        if start_sandbox and self._executor is None and runtime_ready:
             try:
                 await self.executor()
             except CodeInterpreterError as exc:
@@ -330,17 +331,13 @@ class CodeInterpreter:
         }
 
 
-def _invalid_character(code: str) -> str | None:
-    """A refusal for text that is not valid Unicode (lone surrogates), naming the line; else None."""
-    try:
-        code.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        line = code.count("\n", 0, exc.start) + 1
-        return (
-            f"code contains an invalid character (lone surrogate U+{ord(code[exc.start]):04X}) at line "
-            f"{line}: send plain UTF-8 text, e.g. write the character as an escape like '\\u00e9'"
-        )
-    return None
+def _invalid_character(code: str, exc: UnicodeEncodeError) -> str:
+    """The refusal for text that is not valid Unicode (a lone surrogate), naming the line."""
+    line = code.count("\n", 0, exc.start) + 1
+    return (
+        f"code contains an invalid character (lone surrogate U+{ord(code[exc.start]):04X}) at line "
+        f"{line}: send plain UTF-8 text, e.g. write the character as an escape like '\\u00e9'"
+    )
 
 
 def _pin(path: Path, dest_dir: Path) -> Path | None:

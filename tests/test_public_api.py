@@ -1,0 +1,267 @@
+"""The public API: exactly the intended names, and the seed-compatible module functions end to end.
+
+The module functions run against the real server, with ``db_handler=`` (an AsyncDatabase, and an
+object with a ``.db``) and through the environment, on the shared sandbox runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+import code_interpreter as ci
+from code_interpreter import _defaults, tokens
+from code_interpreter.errors import ConfigurationError
+from code_interpreter.files import FileManager
+from code_interpreter.settings import Settings
+
+PUBLIC_NAMES = [
+    "AgentResult",
+    "BudgetExceeded",
+    "CodeInterpreter",
+    "CodeInterpreterError",
+    "ConfigurationError",
+    "FileManager",
+    "FileNotFound",
+    "FileTooLarge",
+    "IsolationUnavailable",
+    "PackageInstallError",
+    "PackageManager",
+    "PackageNotApproved",
+    "PolicyViolation",
+    "QuotaExceeded",
+    "SandboxCrashed",
+    "SandboxError",
+    "SandboxTimeout",
+    "Settings",
+    "StorageUnavailable",
+    "ToolArgumentError",
+    "ToolContext",
+    "ToolDispatcher",
+    "ToolResult",
+    "cleanup_expired_files",
+    "delete_user_file",
+    "execute_code",
+    "get_file_manager",
+    "get_interpreter_status",
+    "get_package_manager",
+    "list_user_files",
+    "run_agent",
+    "tokens",
+    "tool_definitions",
+    "upload_file",
+]
+
+TOKENS_NAMES = [
+    "DiscordLink",
+    "ImageCount",
+    "ModelPrice",
+    "PriceTable",
+    "TokenCounter",
+    "TokenEstimate",
+    "UsageStore",
+    "count_message_tokens",
+    "count_request_tokens",
+    "count_text_tokens",
+    "count_tool_tokens",
+    "encoding_for_model",
+    "ensure_offline_cache",
+    "estimate_cost",
+    "image_tokens",
+    "image_upper_bound",
+    "parse_discord_url",
+    "patch_count",
+]
+
+SEED_STATUS_KEYS = {"venv_exists", "python_path", "installed_packages", "package_count", "last_cleanup"}
+
+
+# -- exported names ------------------------------------------------------------------------------------
+
+
+def test_exported_members() -> None:
+    assert ci.__all__ == PUBLIC_NAMES  # sorted, exactly the intended names
+    for name in ci.__all__:
+        assert getattr(ci, name) is not None, name
+    namespace: dict[str, Any] = {}
+    exec("from code_interpreter import *", namespace)  # what a star import gives
+    assert sorted(k for k in namespace if k != "__builtins__") == PUBLIC_NAMES
+
+
+def test_tokens_exported_members() -> None:
+    assert tokens.__all__ == TOKENS_NAMES
+    for name in tokens.__all__:
+        assert getattr(tokens, name) is not None, name
+
+
+def test_helpers_for_shutdown_are_not_exported() -> None:
+    assert "aclose_default_interpreters" not in ci.__all__
+    assert callable(_defaults.aclose_default_interpreters)
+
+
+def test_package_approval_needs_no_database() -> None:
+    pm = ci.get_package_manager()
+    assert pm.is_package_approved("numpy")[0] is True
+    ok, reason = pm.is_package_approved("numpy; id")
+    assert ok is False and reason
+
+
+# -- the module functions ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mongo_uri: str, db_name: str, sandbox_runtime: Any
+) -> AsyncIterator[Path]:
+    """The environment a deployment sets; the default interpreters are closed after the test."""
+    for key in list(os.environ):
+        if key.startswith("CODE_INTERPRETER_") and key != "CODE_INTERPRETER_TEST_RUNTIME":
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("MONGODB_URI", mongo_uri)
+    monkeypatch.setenv("CODE_INTERPRETER_HOME", str(home))
+    monkeypatch.setenv("CODE_INTERPRETER_DATABASE", db_name)
+    monkeypatch.setenv("CODE_INTERPRETER_RUNTIME_DIR", str(sandbox_runtime.root))
+    try:
+        yield home
+    finally:
+        await _defaults.aclose_default_interpreters()
+
+
+class Handler:
+    """The seed's db handler: an object holding the database as ``.db``."""
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.db = db
+
+
+async def _expired_upload(db: AsyncDatabase[Any], user_id: int) -> str:
+    """A file uploaded three days ago by a FileManager with an injected clock (so it has expired now)."""
+    past = datetime.now(UTC) - timedelta(days=3)
+    fm = FileManager(db, Settings.from_env(), clock=lambda: past)
+    up = await fm.upload_file(user_id, b"old\n", "old.txt")
+    assert up["success"]
+    return str(up["file_id"])
+
+
+async def test_module_functions_with_an_async_database(env: Path, mongo_db: AsyncDatabase[Any]) -> None:
+    data = b"x,y\n1,2\n3,4\n"
+    up = await ci.upload_file(7, data, "data.csv", db_handler=mongo_db)
+    assert up["success"] and up["filename"] == "data.csv" and up["file_type"] == "csv"
+    fid = up["file_id"]
+    # It went to the handler's database.
+    assert await mongo_db["user_files"].count_documents({"file_id": fid}) == 1
+    assert [f["file_id"] for f in await ci.list_user_files(7, db_handler=mongo_db)] == [fid]
+    assert await ci.list_user_files(8, db_handler=mongo_db) == []
+
+    code = f"df = load_file({fid!r})\nprint(int(df['y'].sum()))\n"
+    code += "import matplotlib.pyplot as plt\nplt.plot([1, 2])"
+    result = await ci.execute_code(code, 7, user_files=[up], db_handler=mongo_db)  # the seed's file dicts
+    assert result["success"], result["error"]
+    assert result["output"] == "6\n" and result["isolation"] == "strict"
+    (png,) = result["generated_files"]
+    fm = ci.get_file_manager(mongo_db)
+    assert await fm.read_file(png["file_id"], 7) == png["data"]
+    assert await fm.read_file(fid, 7) == data
+
+    assert await ci.delete_user_file(fid, 8, db_handler=mongo_db) is False  # not theirs
+    assert await ci.delete_user_file(fid, 7, db_handler=mongo_db) is True
+    assert await ci.delete_user_file(fid, 7, db_handler=mongo_db) is False  # already gone
+    gone = await ci.execute_code("print('ran')", 7, user_files=[fid], db_handler=mongo_db)
+    assert gone["success"] is False and "was not found" in gone["error"]
+
+    old = await _expired_upload(mongo_db, 7)
+    assert await ci.cleanup_expired_files(db_handler=mongo_db) == 1
+    assert await mongo_db["user_files"].count_documents({"file_id": old}) == 0
+    assert await ci.cleanup_expired_files(db_handler=mongo_db) == 0
+
+
+async def test_module_functions_with_a_db_attribute(env: Path, mongo_db: AsyncDatabase[Any]) -> None:
+    handler = Handler(mongo_db)
+    up = await ci.upload_file("42", b"hello", "greeting.txt", "text", db_handler=handler)
+    assert up["success"] and up["file_type"] == "text"
+    # 42 and "42" are the same user; the handler and its database share one default interpreter.
+    assert [f["file_id"] for f in await ci.list_user_files(42, db_handler=handler)] == [up["file_id"]]
+    assert await _defaults.default_interpreter(handler) is await _defaults.default_interpreter(mongo_db)
+    fm = ci.get_file_manager(handler)
+    assert fm.db is mongo_db and await fm.read_file(up["file_id"], 42) == b"hello"
+    old = await _expired_upload(mongo_db, 42)
+    assert await ci.cleanup_expired_files(db_handler=handler) == 1
+    assert await fm.get_file(old, 42) is None
+    assert await ci.delete_user_file(up["file_id"], 42, db_handler=handler) is True
+    assert await ci.list_user_files(42, db_handler=handler) == []
+
+
+async def test_a_wrong_db_handler_is_a_clear_error(env: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"AsyncDatabase or have a \.db attribute"):
+        await ci.list_user_files(1, db_handler=object())
+    with pytest.raises(ConfigurationError, match="AsyncDatabase"):
+        ci.get_file_manager(Handler("not a database"))  # type: ignore[arg-type]
+
+
+async def test_module_functions_through_the_environment(
+    env: Path, mongo_db: AsyncDatabase[Any], monkeypatch: pytest.MonkeyPatch, sandbox_runtime: Any
+) -> None:
+    status = await ci.get_interpreter_status()
+    assert set(status) >= SEED_STATUS_KEYS
+    assert status["venv_exists"] is True and status["python_path"] == str(sandbox_runtime.python)
+    assert isinstance(status["installed_packages"], list)
+    assert status["package_count"] == len(status["installed_packages"])
+    assert status["isolation"] == "strict"
+    layers = status["layers"]
+    assert layers is not None and status["executor"]["started"] is True
+    assert {"netns", "mountns", "pidns", "uid_drop", "seccomp", "rlimits", "no_new_privs"} <= {
+        name for name, active in layers.items() if active
+    }
+    assert status["storage"]["reachable"] is True and status["storage"]["database"] == mongo_db.name
+    assert status["settings"]["home"] == str(env)
+
+    up = await ci.upload_file(3, b"1\n2\n3\n", "n.txt")
+    assert await mongo_db["user_files"].count_documents({"file_id": up["file_id"]}) == 1  # the env's database
+    code = f"print(sum(int(x) for x in open(FILES[{up['file_id']!r}])))"
+    result = await ci.execute_code(code, 3, user_files=[up["file_id"]], timeout=0)
+    assert result["success"], result["error"]
+    assert result["output"] == "6\n" and any("not positive" in n for n in result["notes"])
+    assert (env / "cache" / up["file_id"]).is_dir()  # CODE_INTERPRETER_HOME is used
+    fm = ci.get_file_manager()
+    assert await fm.read_file(up["file_id"], 3) == b"1\n2\n3\n"
+
+    # A changed environment takes effect: the default interpreter is replaced, the old one closed.
+    before = await _defaults.default_interpreter()
+    zygote = status["executor"]["zygote_pid"]
+    assert isinstance(zygote, int)
+    os.kill(zygote, 0)  # alive
+    other_db = f"ci_test_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("CODE_INTERPRETER_DATABASE", other_db)
+    try:
+        assert await ci.list_user_files(3) == []
+        after = await _defaults.default_interpreter()
+        assert after is not before and after.settings.database == other_db
+        with pytest.raises(ProcessLookupError):
+            os.kill(zygote, 0)  # the replaced interpreter's zygote is gone (and reaped)
+        assert ci.get_file_manager() is after.files
+
+        # At shutdown: every default interpreter of this loop is closed and forgotten.
+        assert await _defaults.aclose_default_interpreters() == 1
+        assert _defaults._interpreters == {}
+        with pytest.raises(RuntimeError, match="no default file store yet"):
+            ci.get_file_manager()
+    finally:
+        await mongo_db.client.drop_database(other_db)
+
+
+async def test_status_never_creates_the_runtime(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime_dir = env.parent / "no-runtime-yet"
+    monkeypatch.setenv("CODE_INTERPRETER_RUNTIME_DIR", str(runtime_dir))
+    status = await ci.get_interpreter_status()
+    assert status["venv_exists"] is False and status["package_count"] == 0
+    assert status["layers"] is None and status["executor"]["started"] is False
+    assert "first execution" in status["executor"]["reason"]
+    assert not runtime_dir.exists()
