@@ -55,6 +55,11 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters: names echoed to the model stay short, whatever was sent."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Approval:
     """The approved list: answers whether a distribution name may be installed, and why not."""
 
@@ -66,12 +71,12 @@ class Approval:
         """(approved?, reason) for a distribution name; only a plain, approved name passes."""
         problem = name_problem(name)
         if problem is not None:
-            return False, f"{name!r} refused: {problem}"
+            return False, f"{clip(repr(name))} refused: {problem}"
         assert isinstance(name, str)
         canon = canonicalize(name)
         if canon in self.approved:
             return True, f"{canon} is approved"
-        return False, f"{canon} is not on the approved package list ({self.describe()})"
+        return False, f"{clip(canon)} is not on the approved package list ({self.describe()})"
 
     def describe(self, limit: int = 60) -> str:
         """The approved names, for messages to the model."""

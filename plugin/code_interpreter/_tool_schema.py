@@ -92,6 +92,12 @@ def nullable_optionals(parameters: dict[str, Any]) -> set[str]:
     return out
 
 
+MAX_PROBLEMS = 5
+"""Most validation problems listed in one refusal."""
+MAX_ECHOED = 5
+"""Most unexpected argument names echoed back."""
+
+
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(_load(name)["parameters"])
@@ -102,7 +108,10 @@ def _describe(err: jsonschema.ValidationError, props: dict[str, Any]) -> str:
     if err.validator == "additionalProperties":
         allowed = ", ".join(props)
         extra = sorted(set(err.instance) - set(props)) if isinstance(err.instance, dict) else []
-        names = ", ".join(repr(k) for k in extra)
+        # Echo a few short names only: the model may send thousands of keys or huge ones.
+        names = ", ".join(repr(k) if len(k) <= 60 else repr(k[:57] + "...") for k in extra[:MAX_ECHOED])
+        if len(extra) > MAX_ECHOED:
+            names += f" and {len(extra) - MAX_ECHOED} more"
         return (
             f"unexpected argument(s) {names}: this tool accepts only {allowed}. "
             "The user and their files are set by the application, not by tool arguments"
@@ -156,4 +165,8 @@ def validate_arguments(name: str, args: Any) -> tuple[dict[str, Any], list[str]]
         msg = _describe(err, props)
         if msg not in problems:
             problems.append(msg)
+    if len(problems) > MAX_PROBLEMS:
+        # A refusal the model can read: the first few problems, not one line per bad array item.
+        more = f"… and {len(problems) - MAX_PROBLEMS} more problems of the same kind"
+        problems = [*problems[:MAX_PROBLEMS], more]
     return normalized, problems

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runtime_env
-from ._approval import Approval, name_problem
+from ._approval import Approval, clip, name_problem
 from ._imports import ImportScan, canonicalize, import_map, scan_imports
 from ._package_record import PackageRecord
 from ._rt_util import ProgressCallback, _async_lock
@@ -67,7 +67,10 @@ class PrepareResult:
         """One message for the model naming what was refused and what is approved ("" when nothing was)."""
         if not self.refused:
             return ""
-        parts = "; ".join(f"{name}: {reason}" for name, reason in self.refused)
+        # The reason already names the package (clipped); the name itself may be megabytes long.
+        parts = "; ".join(reason for _, reason in self.refused[:10])
+        if len(self.refused) > 10:
+            parts += f"; and {len(self.refused) - 10} more"
         return f"Package not available: {parts}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,7 +227,8 @@ class PackageManager:
                 else:
                     line = scan.line_of(module)
                     where = f" (line {line})" if line else ""
-                    refused.append((module, f"module {module!r}{where} is not installed and {reason}"))
+                    named = clip(repr(module))
+                    refused.append((module, f"module {named}{where} is not installed and {reason}"))
             for module in scan.optional:
                 if module in available:
                     continue

@@ -245,6 +245,11 @@ class ToolDispatcher:
                     f"the arguments are not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). "
                     "Send one JSON object; escape quotes, backslashes and newlines inside the code string"
                 )
+            except RecursionError:
+                return (
+                    "the arguments are nested too deeply to read. Send one flat JSON object: "
+                    '{"code": "...", "timeout": null, "install_packages": null}'
+                )
         return raw
 
     async def _execute(self, call: _Call, context: ToolContext) -> ToolResult:
