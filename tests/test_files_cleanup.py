@@ -259,3 +259,25 @@ async def test_clock_must_be_aware(
     fm = FileManager(mongo_db, make_settings(), clock=lambda: datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="timezone-aware"):
         await fm.upload_file(1, b"x", "x")
+
+
+async def test_interpreter_runs_the_cleanup_in_the_background(
+    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings]
+) -> None:
+    from code_interpreter.interpreter import CodeInterpreter
+
+    settings = make_settings(file_expiration_hours=0.5 / 3600, cleanup_interval_s=0.1)
+    async with CodeInterpreter(settings) as interp:
+        saved = await interp.files.upload_file(7, b"short-lived", "a.txt")
+        assert saved["success"]
+        async with asyncio.timeout(HANG_GUARD_S):
+            while (await counts(mongo_db))[0]:  # noqa: ASYNC110 - polling the database: no event to await
+                await asyncio.sleep(0.05)
+    assert await counts(mongo_db) == (0, 0, 0)  # metadata, GridFS files and chunks all gone
+
+
+async def test_no_background_cleanup_at_interval_zero(make_settings: Callable[..., Settings]) -> None:
+    from code_interpreter.interpreter import CodeInterpreter
+
+    async with CodeInterpreter(make_settings(cleanup_interval_s=0)) as interp:
+        assert interp.files._cleanup_task is None

@@ -245,7 +245,7 @@ class FileManager:
         return count
 
     def start_cleanup_task(self, interval_s: float = 3600) -> asyncio.Task[None]:
-        """Run cleanup_expired_files every ``interval_s`` seconds as a task; stop_cleanup_task() ends it."""
+        """Every ``interval_s`` s run cleanup_expired_files and reconcile; stop_cleanup_task() ends it."""
         if self._cleanup_task is not None and not self._cleanup_task.done():
             return self._cleanup_task
         self._cleanup_task = asyncio.get_running_loop().create_task(
@@ -379,16 +379,21 @@ class FileManager:
             await cache.remove(self.cache_dir, sorted(set(batch) - set(alive)))
 
     async def _cleanup_loop(self, interval_s: float) -> None:
+        # Sleep first: a process that starts does not race the cleaners already running elsewhere.
         while True:
+            await asyncio.sleep(interval_s)
             try:
                 n = await self.cleanup_expired_files()
                 if n:
                     log.info("cleanup: deleted %d expired file(s)", n)
+                # A crash mid-upload or mid-cleanup can leave blobs without metadata (and the reverse).
+                orphans = await self.reconcile()
+                if any(orphans.values()):
+                    log.info("cleanup: removed orphans %s", orphans)
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep the loop alive: the next round may find the server back
                 log.exception("cleanup of expired files failed; retrying in %.0f s", interval_s)
-            await asyncio.sleep(interval_s)
 
 
 def _journaled(wc: WriteConcern) -> WriteConcern:

@@ -110,6 +110,8 @@ class CodeInterpreter:
                 self.settings.home / PINS_DIR,
                 self.settings.max_timeout + STALE_PIN_MARGIN_S,
             )
+            if self.settings.cleanup_interval_s > 0:
+                self._files.start_cleanup_task(self.settings.cleanup_interval_s)
             self._started = True
             return self
 

@@ -88,6 +88,8 @@ class Settings:
     """Per-user quota: total bytes of unexpired files."""
     quota_policy: QuotaPolicy = "refuse"
     """At the quota: refuse the upload, or evict the user's oldest files."""
+    cleanup_interval_s: float = 3600.0
+    """Seconds between background cleanups of expired files (and orphans); 0 disables them."""
 
     default_timeout: int = DEFAULT_TIMEOUT_S
     """Wall-clock seconds for an execution when the call gives none."""
