@@ -9,7 +9,6 @@ Tuples are comma-separated in the environment; booleans accept 1/0/true/false/ye
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import types
 import typing
@@ -259,10 +258,14 @@ class Settings:
             object.__setattr__(self, "home", Path(self.home))
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
     # get_type_hints evaluates every annotation string: milliseconds per call, so do it once per class.
-    return typing.get_type_hints(cls)
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _redact_uri(uri: str) -> str:
