@@ -132,3 +132,26 @@ async def interp(make_settings: Callable[..., Settings], sandbox_runtime: Any) -
 
     async with CodeInterpreter(make_settings(runtime_dir=sandbox_runtime.root)) as interpreter:
         yield interpreter
+
+
+@pytest.fixture
+def cut_package_index(monkeypatch: pytest.MonkeyPatch) -> Callable[[], str]:
+    """A function that points pip at a closed 127.0.0.1 port with every configured source disabled.
+
+    Call it after the runtime is built (building needs the index); it returns the dead index URL.
+    """
+
+    def cut() -> str:
+        port = free_port()  # nothing listens there: connections are refused at once
+        url = f"http://127.0.0.1:{port}/simple"
+        monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # skip pip.conf (find-links, extra indexes)
+        monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+        monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+        monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+        monkeypatch.setenv("PIP_INDEX_URL", url)
+        # with 0 retries pip logs the connection error only at debug level; 1 keeps the warning visible
+        monkeypatch.setenv("PIP_RETRIES", "1")
+        monkeypatch.setenv("PIP_TIMEOUT", "5")
+        return url
+
+    return cut

@@ -8,6 +8,7 @@ import os
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -35,23 +36,6 @@ def pm(settings: Settings) -> PackageManager:
 
 def run_py(rt: Runtime, code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(rt.python), "-I", "-c", code], capture_output=True, text=True, timeout=60)
-
-
-def unreachable_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point pip at a local port with nothing listening, every configured source disabled."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # skip pip.conf (find-links, extra indexes)
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
-    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
-    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
-    monkeypatch.setenv("PIP_RETRIES", "1")  # with 0, pip logs the connection error only at debug level
-    monkeypatch.setenv("PIP_TIMEOUT", "3")
-    monkeypatch.setattr(_pip, "NETWORK_RETRY_WAIT_S", 0.0)
 
 
 # -- approval ----------------------------------------------------------------------------------------
@@ -323,9 +307,11 @@ async def test_install(pm: PackageManager) -> None:
     assert pm.pip_calls == 1
 
 
-async def test_network_failure_names_the_package(pm: PackageManager, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_network_failure_names_the_package(
+    pm: PackageManager, cut_package_index: Callable[[], str]
+) -> None:
     await pm.ensure_runtime()
-    unreachable_index(monkeypatch)
+    cut_package_index()
     with pytest.raises(PackageInstallError, match="toolz") as ei:
         await pm.prepare("import toolz")
     assert "could not be reached" in str(ei.value)

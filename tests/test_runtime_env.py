@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from code_interpreter import _pip, _rt_util, runtime_env
+from code_interpreter import _rt_util, runtime_env
 from code_interpreter.errors import PackageInstallError
 from code_interpreter.runtime_env import Runtime, ensure_runtime, pip_install, runtime_for
 from code_interpreter.settings import Settings
@@ -175,28 +175,11 @@ async def test_pip_install_unknown_package_names_it(small_settings: Settings) ->
     assert "pip output" in str(ei.value)
 
 
-def unreachable_index(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Point pip at a local port with nothing listening, with every configured source disabled."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # skip pip.conf (find-links, extra indexes)
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
-    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
-    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple")
-    # with 0 retries pip logs the connection error only at debug level; 1 keeps the warning visible
-    monkeypatch.setenv("PIP_RETRIES", "1")
-    monkeypatch.setenv("PIP_TIMEOUT", "3")
-    monkeypatch.setattr(_pip, "NETWORK_RETRY_WAIT_S", 0.0)
-    return f"127.0.0.1:{port}"
-
-
 async def test_unreachable_index_is_a_clear_error(
-    small_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    small_settings: Settings, cut_package_index: Callable[[], str]
 ) -> None:
     rt = await ensure_runtime(small_settings)
-    unreachable_index(monkeypatch)
+    cut_package_index()
     t = time.monotonic()
     with pytest.raises(PackageInstallError, match="funcy") as ei:
         await pip_install(rt, ["funcy"], settings=small_settings)

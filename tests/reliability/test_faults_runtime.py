@@ -10,12 +10,9 @@ runtime as a new generation, moves the fork server onto it and succeeds.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
@@ -23,25 +20,14 @@ from code_interpreter.settings import Settings
 from .conftest import small_runtime_settings, within
 
 
-def unreachable_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the host's pip (which installs into the runtime) at a closed port, with no other source."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # the machine's pip.conf adds find-links and indexes
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # discard port: connection refused
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
-    monkeypatch.setenv("PIP_FIND_LINKS", "")
-    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
-    monkeypatch.setenv("PIP_RETRIES", "1")
-    monkeypatch.setenv("PIP_TIMEOUT", "5")
-
-
 async def test_package_index_unreachable(
-    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_settings: Callable[..., Settings], tmp_path: Path, cut_package_index: Callable[[], str]
 ) -> None:
     settings = make_settings(**small_runtime_settings(tmp_path))
     async with CodeInterpreter(settings) as interp:
         warm = await interp.execute("print('runtime built')", user_id=1)  # build before cutting the network
         assert warm["success"], warm
-        unreachable_index(monkeypatch)
+        cut_package_index()
 
         started = time.monotonic()
         r = await within(120, interp.execute("import funcy\nprint(funcy.first([3, 4]))", user_id=1))

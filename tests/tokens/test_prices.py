@@ -106,27 +106,3 @@ def test_packaged_table_has_source_and_date() -> None:
         "gpt-5",
     ):
         assert table.price_for(name) is not None
-
-
-def test_exported_members() -> None:
-    assert tokens.__all__ == sorted(tokens.__all__)
-    assert set(tokens.__all__) == {
-        "DiscordLink",
-        "ImageCount",
-        "ModelPrice",
-        "PriceTable",
-        "TokenCounter",
-        "TokenEstimate",
-        "UsageStore",
-        "count_message_tokens",
-        "count_request_tokens",
-        "count_text_tokens",
-        "count_tool_tokens",
-        "encoding_for_model",
-        "ensure_offline_cache",
-        "estimate_cost",
-        "image_tokens",
-        "image_upper_bound",
-        "parse_discord_url",
-        "patch_count",
-    }
