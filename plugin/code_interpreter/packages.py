@@ -126,6 +126,11 @@ class PackageManager:
 
     async def ensure_runtime(self, progress: ProgressCallback | None = None) -> Runtime:
         """Create or repair the runtime if needed and return it; a change of generation fires on_swap."""
+        known = self._runtime
+        # Every execution comes through here: when `current` still names our generation and its python is
+        # there, skip re-reading the runtime's record files (a burst of calls would stall the event loop).
+        if known is not None and _still_current(known):
+            return known
         rt = await runtime_env.ensure_runtime(self.settings, progress=progress)
         old = self._runtime
         self._runtime = rt
@@ -419,3 +424,8 @@ def _iso(ts: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _still_current(rt: Runtime) -> bool:
+    """``current`` still names ``rt``'s generation and its python exists (a readlink and a stat)."""
+    return runtime_env.current_generation(rt.root) == rt.path and os.path.exists(rt.python)
