@@ -27,6 +27,8 @@ from _executor_fixtures import (
 )
 from code_interpreter.executor import Executor, FileRef
 
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
 
 @pytest.fixture(scope="module")
 def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -104,9 +106,10 @@ async def test_host_paths_are_not_in_the_view(executor: Executor, tmp_path: Path
     marker = tmp_path / "host-file.txt"
     marker.write_text(SECRET)
     os.chmod(marker, 0o644)
+    project = PROJECT_FILE  # the host's checkout: world-readable, so only the mount view can hide it
     code = f"""
 import os
-paths = [{str(marker)!r}, '/root/.bash_history', '/work/main/pyproject.toml', '/etc/shadow']
+paths = [{str(marker)!r}, '/root/.bash_history', {str(project)!r}, '/etc/shadow']
 for p in paths + ['/proc/1/root/etc/shadow']:
     print(p, os.path.exists(p))
 print(sorted(os.listdir('/')))
@@ -114,7 +117,7 @@ print(sorted(os.listdir('/')))
     r = await run(executor, code)
     assert r.success, r.error
     assert f"{marker} False" in r.output
-    assert "/work/main/pyproject.toml False" in r.output and "/etc/shadow False" in r.output
+    assert f"{project} False" in r.output and "/etc/shadow False" in r.output
     assert SECRET not in everything(r)
 
 
