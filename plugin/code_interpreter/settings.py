@@ -125,7 +125,7 @@ class Settings:
     runtime_dir: Path | None = None
     """Sandbox runtime venv; default ``home/runtime``."""
     runtime_python: str | None = None
-    """Base interpreter for the runtime venv; None picks one the sandbox uid can run."""
+    """Base interpreter for the runtime venv; None: the host's, shown to the sandbox by the mount view."""
     runtime_packages: tuple[str, ...] = DEFAULT_RUNTIME_PACKAGES
     """Packages installed when the runtime is created."""
     preload_modules: tuple[str, ...] = DEFAULT_PRELOAD
