@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
 from ._rt_util import (
     OUTPUT_TAIL_LINES,
     ProgressCallback,
@@ -103,19 +105,42 @@ async def pip_install(
         cmd += ["--constraint", str(settings.pip_constraints)]
     cmd += ["--", *reqs]
     report = progress or _no_progress
+
+    async def attempt() -> str:
+        report(f"pip install {' '.join(reqs)}", None)
+        code, out = await _run_streaming(cmd, timeout=settings.pip_timeout, on_line=_pip_progress(report))
+        if code == 0:
+            return out
+        kind = _classify_pip_failure(out)
+        if kind == "network":
+            raise _PipNetworkError(code, out)
+        raise PackageInstallError(_pip_failure_message(reqs, kind, out, runtime, code))
+
     async with generation_lock(runtime.path):
-        for attempt in range(1, NETWORK_ATTEMPTS + 1):
-            report(f"pip install {' '.join(reqs)}", None)
-            code, out = await _run_streaming(cmd, timeout=settings.pip_timeout, on_line=_pip_progress(report))
-            if code == 0:
-                break
-            kind = _classify_pip_failure(out)
-            if kind == "network" and attempt < NETWORK_ATTEMPTS:
-                await asyncio.sleep(NETWORK_RETRY_WAIT_S)
-                continue
-            raise PackageInstallError(_pip_failure_message(reqs, kind, out, runtime, code))
+        try:
+            # Only network failures are retried: a missing wheel or a full disk will not fix itself.
+            async for try_ in AsyncRetrying(
+                retry=retry_if_exception_type(_PipNetworkError),
+                stop=stop_after_attempt(NETWORK_ATTEMPTS),
+                wait=wait_fixed(NETWORK_RETRY_WAIT_S),
+                reraise=True,
+            ):
+                with try_:
+                    out = await attempt()
+        except _PipNetworkError as exc:
+            message = _pip_failure_message(reqs, "network", exc.out, runtime, exc.code)
+            raise PackageInstallError(message) from None
         await asyncio.to_thread(_chmod_world_readable, runtime.site_packages, True)
     return out
+
+
+class _PipNetworkError(Exception):
+    """pip could not reach the index (retried by tenacity, then reported as PackageInstallError)."""
+
+    def __init__(self, code: int, out: str) -> None:
+        super().__init__(f"pip exit {code}: network")
+        self.code = code
+        self.out = out
 
 
 def _pip_progress(report: ProgressCallback) -> Callable[[str], None]:
