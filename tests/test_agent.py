@@ -29,6 +29,15 @@ def client_for(server: ScriptedOpenAI) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.base_url, api_key="test-key", max_retries=0)
 
 
+async def agent_on(server: ScriptedOpenAI, *args: Any, **kwargs: Any) -> Any:
+    """run_agent with a fresh SDK client on the scripted server, closed afterwards."""
+    client = client_for(server)
+    try:
+        return await run_agent(client, *args, **kwargs)
+    finally:
+        await client.close()
+
+
 @pytest.fixture
 async def db_interp(make_settings: Callable[..., Settings]) -> AsyncIterator[CodeInterpreter]:
     """A started interpreter on the session database; these tests never reach the sandbox."""
@@ -188,18 +197,14 @@ async def test_estimate_is_recorded_before_the_request_is_sent(db_interp: CodeIn
 async def test_rate_limit_and_5xx_are_retried(db_interp: CodeInterpreter) -> None:
     script = [error(429, "slow down", {"retry-after": "0"}), error(503, "busy"), completion("after retries")]
     with ScriptedOpenAI(script) as server:
-        client = client_for(server)
-        try:
-            result = await run_agent(
-                client,
-                "gpt-4o-mini",
-                [{"role": "user", "content": "hi"}],
-                ToolContext(user_id=23),
-                interpreter=db_interp,
-                retry=FAST,
-            )
-        finally:
-            await client.close()
+        result = await agent_on(
+            server,
+            "gpt-4o-mini",
+            [{"role": "user", "content": "hi"}],
+            ToolContext(user_id=23),
+            interpreter=db_interp,
+            retry=FAST,
+        )
     assert result.final_text == "after retries"
     assert len(server.requests) == 3
     assert len(result.requests) == 1  # one logical request, one usage record
@@ -246,19 +251,15 @@ async def test_last_round_forbids_tools_and_refusals_reach_the_model(db_interp: 
 
     script = [completion(None, [tool_call("run_shell", {"cmd": "ls"}, "c1")]), second]
     with ScriptedOpenAI(script) as server:
-        client = client_for(server)
-        try:
-            result = await run_agent(
-                client,
-                "gpt-4o-mini",
-                [{"role": "user", "content": "x"}],
-                ToolContext(user_id=25),
-                max_rounds=2,
-                interpreter=db_interp,
-                retry=FAST,
-            )
-        finally:
-            await client.close()
+        result = await agent_on(
+            server,
+            "gpt-4o-mini",
+            [{"role": "user", "content": "x"}],
+            ToolContext(user_id=25),
+            max_rounds=2,
+            interpreter=db_interp,
+            retry=FAST,
+        )
     assert result.stop_reason == "completed"
     assert result.final_text.startswith("final: Error: unknown tool 'run_shell'. The available tool is ")
     assert "tool_choice" not in server.requests[0]
@@ -267,19 +268,15 @@ async def test_last_round_forbids_tools_and_refusals_reach_the_model(db_interp: 
 async def test_max_rounds_when_the_model_keeps_calling_tools(db_interp: CodeInterpreter) -> None:
     script = [completion(None, [tool_call("nope", "{}", f"c{i}")]) for i in range(3)]
     with ScriptedOpenAI(script) as server:
-        client = client_for(server)
-        try:
-            result = await run_agent(
-                client,
-                "gpt-4o-mini",
-                [{"role": "user", "content": "x"}],
-                ToolContext(user_id=26),
-                max_rounds=2,
-                interpreter=db_interp,
-                retry=FAST,
-            )
-        finally:
-            await client.close()
+        result = await agent_on(
+            server,
+            "gpt-4o-mini",
+            [{"role": "user", "content": "x"}],
+            ToolContext(user_id=26),
+            max_rounds=2,
+            interpreter=db_interp,
+            retry=FAST,
+        )
     assert result.stop_reason == "max_rounds"
     assert len(server.requests) == 2
     # Every tool call got its answer, so the history is valid for another turn.
@@ -320,18 +317,14 @@ async def test_budget_guard_stops_before_sending(make_settings: Callable[..., Se
 
 async def test_result_to_dict_is_json_serialisable(db_interp: CodeInterpreter) -> None:
     with ScriptedOpenAI([completion("ok", prompt_tokens=11, completion_tokens=2)]) as server:
-        client = client_for(server)
-        try:
-            result = await run_agent(
-                client,
-                "gpt-4o-mini",
-                [{"role": "user", "content": "x"}],
-                ToolContext(user_id=28),
-                interpreter=db_interp,
-                retry=FAST,
-            )
-        finally:
-            await client.close()
+        result = await agent_on(
+            server,
+            "gpt-4o-mini",
+            [{"role": "user", "content": "x"}],
+            ToolContext(user_id=28),
+            interpreter=db_interp,
+            retry=FAST,
+        )
     d = json.loads(json.dumps(result.to_dict()))
     assert d["requests"][0]["usage"]["prompt_tokens"] == 11
     assert d["requests"][0]["estimate"]["model"] == "gpt-4o-mini"
@@ -351,18 +344,14 @@ async def test_vision_model_sees_generated_chart_after_the_tool_messages(interp:
 
     script = [completion(None, [tool_call("execute_python_code", {"code": code}, "c_img")]), second]
     with ScriptedOpenAI(script) as server:
-        client = client_for(server)
-        try:
-            result = await run_agent(
-                client,
-                "gpt-4o",
-                [{"role": "user", "content": "plot it"}],
-                ToolContext(user_id=29, model="gpt-4o"),
-                interpreter=interp,
-                retry=FAST,
-            )
-        finally:
-            await client.close()
+        result = await agent_on(
+            server,
+            "gpt-4o",
+            [{"role": "user", "content": "plot it"}],
+            ToolContext(user_id=29, model="gpt-4o"),
+            interpreter=interp,
+            retry=FAST,
+        )
     assert result.final_text == "saw ['text', 'image_url'] data:image/png;base64"
     assert [m["role"] for m in result.messages] == ["user", "assistant", "tool", "user", "assistant"]
     assert [f["filename"] for f in result.generated_files] == ["trend.png"]
