@@ -25,7 +25,7 @@ from typing import Any
 
 from . import runtime_env
 from ._approval import Approval, clip, name_problem
-from ._imports import ImportScan, canonicalize, import_map, scan_imports
+from ._imports import ImportScan, canonicalize, import_candidates, import_map, scan_imports
 from ._package_record import PackageRecord
 from ._rt_util import ProgressCallback, _async_lock
 from .errors import PackageInstallError, PackageNotApproved
@@ -200,7 +200,6 @@ class PackageManager:
         Raises:
             PackageInstallError: a required approved package could not be installed.
         """
-        scan = scan_imports(code)
         rt = await self.ensure_runtime(progress)
         refused: list[tuple[str, str]] = []
         requested: list[str] = []
@@ -210,8 +209,14 @@ class PackageManager:
                 requested.append(canonicalize(name))
             else:
                 refused.append((str(name), reason))
-        if not self._needs_work(rt, scan, requested):
-            self._touch(scan)
+        # The quick pass (no syntax tree) answers the common case: every candidate is installed.
+        candidates = import_candidates(code)
+        if candidates is not None and not self._needs_work(rt, candidates, requested):
+            self._touch(candidates)
+            return PrepareResult(refused=tuple(refused))
+        scan = scan_imports(code)
+        if not self._needs_work(rt, scan.modules, requested):
+            self._touch(scan.modules)
             return PrepareResult(refused=tuple(refused))
         # One install at a time per runtime root: a second caller needing the same package waits,
         # then finds it installed (recomputed below) and starts no pip run of its own.
@@ -261,16 +266,16 @@ class PackageManager:
                 for module in modules:
                     if module not in available:
                         notes.append(f"{dist} was installed but provides no module {module!r}")
-        self._touch(scan)
+        self._touch(scan.modules)
         return PrepareResult(
             installed=tuple(installed),
             optional_missing=tuple(sorted(set(optional_missing))),
             notes=tuple(notes),
         )
 
-    def _needs_work(self, rt: Runtime, scan: ImportScan, requested: Sequence[str]) -> bool:
+    def _needs_work(self, rt: Runtime, modules: Iterable[str], requested: Sequence[str]) -> bool:
         available = self.available_modules(rt)
-        if any(m not in available for m in scan.modules):
+        if any(m not in available for m in modules):
             return True
         have = self.installed_distributions(rt)
         return any(d not in have for d in requested)
@@ -328,8 +333,8 @@ class PackageManager:
                 await self._pip(rt, missing, progress)
         return missing
 
-    def _touch(self, scan: ImportScan) -> None:
-        dists = {d for m in scan.modules if (d := self.distribution_for_import(m))}
+    def _touch(self, modules: Iterable[str]) -> None:
+        dists = {d for m in modules if (d := self.distribution_for_import(m))}
         if dists:
             self._record.touch(dists)
 
