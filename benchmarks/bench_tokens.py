@@ -3,8 +3,9 @@
 Side by side with ``litellm.token_counter`` and ``tokencost`` when they are importable (optional:
 ``.venv/bin/pip install litellm tokencost``; never runtime dependencies). Both are run offline
 (litellm with LITELLM_LOCAL_MODEL_COST_MAP=True). Images are data URLs, so nothing touches the
-network. "cold" clears our per-string memo before every call; "warm" is the agent loop's case
-(the same conversation re-estimated each round).
+network. "cold" clears our per-string memo before every call; "warm" re-estimates the same
+conversation; "agent loop" estimates the conversation so far plus one new message each call, as a bot
+does before each model request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ._common import Table, summarize, time_async, time_sync
 
 MODEL = "gpt-4o"
+LOOP = "code_interpreter.tokens (agent loop: +1 new message each call)"
 WORDS = [
     "data", "frame", "plot", "column", "mean", "median", "value", "error", "chart", "file", "upload",
     "sales", "region", "month", "total", "python", "code", "run", "result", "figure", "axis", "label",
@@ -144,7 +146,7 @@ async def run(quick: bool) -> list[Table]:
     """Median/p95 of estimating the conversation, ours vs litellm vs tokencost, and exactness."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     from code_interpreter import tokens
-    from code_interpreter.tokens._text import _memo_len
+    from code_interpreter.tokens._text import clear_memo
 
     repeat = 5 if quick else 30
     msgs, tools = conversation(), tool_defs()
@@ -153,11 +155,22 @@ async def run(quick: bool) -> list[Table]:
     assert est.images_at_upper_bound == 0 and len(est.images) == 10, est
 
     async def ours_cold() -> Any:
-        _memo_len.cache_clear()
+        clear_memo()
         return await counter.estimate(MODEL, msgs, tools=tools)
 
     async def ours_warm() -> Any:
         return await counter.estimate(MODEL, msgs, tools=tools)
+
+    # The agent loop: each request carries the conversation so far plus one new message.
+    rng = random.Random(11)
+    grown = [msgs]
+    for j in range(repeat + 2):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 150)))
+        grown.append([*grown[-1], {"role": "assistant" if j % 2 else "user", "content": words}])
+    rounds = iter(grown[1:])
+
+    async def ours_loop() -> Any:
+        return await counter.estimate(MODEL, next(rounds), tools=tools)
 
     rows: list[list[Any]] = []
     results: dict[str, dict[str, float]] = {}
@@ -167,13 +180,17 @@ async def run(quick: bool) -> list[Table]:
     ]
     results["code_interpreter.tokens (cold memo)"] = summarize(await time_async(ours_cold, repeat))
     results["code_interpreter.tokens (warm)"] = summarize(await time_async(ours_warm, repeat))
+    clear_memo()
+    await counter.estimate(MODEL, msgs, tools=tools)  # the conversation so far was estimated last round
+    results[LOOP] = summarize(await time_async(ours_loop, repeat))
     exact = {
         "code_interpreter.tokens (cold memo)": _exact(lambda mo, m, t: tokens.count_request_tokens(mo, m, t)),
     }
-    exact["code_interpreter.tokens (warm)"] = exact["code_interpreter.tokens (cold memo)"]
+    exact["code_interpreter.tokens (warm)"] = exact[LOOP] = exact["code_interpreter.tokens (cold memo)"]
     counts = {
         "code_interpreter.tokens (cold memo)": est.input_tokens,
         "code_interpreter.tokens (warm)": est.input_tokens,
+        LOOP: "+1 message",
     }
 
     try:

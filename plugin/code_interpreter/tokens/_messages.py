@@ -36,6 +36,7 @@ TOOL_RESULT_ADJUST = -2
 
 _TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
 _IMAGE_PARTS = ("image_url", "input_image")
+_ADJUSTED_ROLES = frozenset({"tool", "function"})
 
 
 @dataclass(slots=True)
@@ -76,12 +77,20 @@ def _content(content: Any, enc: str, walk: MessageWalk, where: str) -> int:
         return 0
     if isinstance(content, str):
         return encoded_len(enc, content)
+    if type(content) is list:
+        return _parts(content, enc, walk, where)
     if isinstance(content, Mapping) or not isinstance(content, Iterable) or isinstance(content, bytes):
         walk.warnings.append(f"{where}: content of type {type(content).__name__} counted as its JSON text")
         return encoded_len(enc, _json_text(content))
+    return _parts(content, enc, walk, where)
+
+
+def _parts(content: Iterable[Any], enc: str, walk: MessageWalk, where: str) -> int:
+    """Tokens of a list of content parts; images are queued on ``walk``."""
     total = 0
     for j, part in enumerate(content):
-        part = _as_mapping(part)
+        if type(part) is not dict:
+            part = _as_mapping(part)
         pw = f"{where}.content[{j}]"
         if isinstance(part, str):
             total += encoded_len(enc, part)
@@ -221,6 +230,18 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
     padded = False
     total = 0
     for i, raw in enumerate(messages):
+        if type(raw) is dict and len(raw) == 2:
+            # The common message, {"role": …, "content": "…"}, without the general path's checks.
+            role, content = raw.get("role"), raw.get("content")
+            if (
+                type(role) is str
+                and type(content) is str
+                and role not in _ADJUSTED_ROLES
+                and not (pad_system and not padded and role == "system")
+            ):
+                total += TOKENS_PER_MESSAGE + encoded_len(encoding, role) + encoded_len(encoding, content)
+                walk.has_system = walk.has_system or role == "system"
+                continue
         msg = _as_mapping(raw)
         where = f"messages[{i}]"
         if not isinstance(msg, Mapping):
