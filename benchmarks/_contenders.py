@@ -109,6 +109,14 @@ class ExecutorSessions:
         if not r.success:
             raise RuntimeError(f"executor run failed: {r.error}")
 
+    async def inner(self, code: str) -> float:
+        """Seconds the job's own code takes, timed inside the sandboxed child (the rest is the sandbox's)."""
+        timed = f"import time as _t\n_t0 = _t.perf_counter()\n{code}\nprint('\\n', _t.perf_counter() - _t0)"
+        r = await self.executor.execute(timed, user_id="u0", timeout=300)
+        if not r.success:
+            raise RuntimeError(f"executor run failed: {r.error}")
+        return float(r.output.split()[-1])
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:

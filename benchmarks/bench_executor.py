@@ -157,6 +157,9 @@ async def _warm(contenders: Sequence[Contender | None], code: str, slots: int = 
             await asyncio.gather(*(c.run(code, s) for s in range(slots)))
 
 
+INNER = "this executor, the job's code alone (timed in the child)"
+
+
 async def _latency_table(
     cold: ColdProcess, kernel: KernelSessions | None, ours: ExecutorSessions, missing: str | None, quick: bool
 ) -> Table:
@@ -169,8 +172,9 @@ async def _latency_table(
     for name, code in JOBS.items():
         step(f"latency: {name}")
         await _warm([cold, kernel, ours], code)
-        samples: dict[str, list[float]] = {cold.name: [], ours.name: [], KernelSessions.name: []}
+        samples: dict[str, list[float]] = {cold.name: [], ours.name: [], KernelSessions.name: [], INNER: []}
         for i in range(warm_n):
+            samples[INNER].append(await ours.inner(code))
             # the order rotates so no contender always runs right after another's cache-warming call
             order = [c for c in (cold, kernel, ours) if c is not None]
             order = order[i % len(order) :] + order[: i % len(order)]
@@ -181,7 +185,7 @@ async def _latency_table(
                 await c.run(code, 0)
                 samples[c.name].append(time.perf_counter() - t)
         base = statistics.median(samples[ours.name])
-        for cname in (cold.name, KernelSessions.name, ours.name):
+        for cname in (cold.name, KernelSessions.name, ours.name, INNER):
             if not samples[cname]:
                 table.rows.append([name, cname, 0, missing or "", "", ""])
                 continue
@@ -196,7 +200,9 @@ async def _latency_table(
         f"executor: the strict sandbox with every layer, a fresh child per call (n={warm_n}). Same "
         "environment variables for all three. Calls interleaved, order rotating: while the others run, the "
         "zygote refills its pool of warm supervisors, so these are executor latencies with a ready pool "
-        "(back-to-back bursts that drain it are in the scale tables)."
+        "(back-to-back bursts that drain it are in the scale tables). "
+        f"{INNER}: the same code with a timer around it, read back from the child's output: what is left of "
+        "the end-to-end time is the sandbox's (fork, isolation, output and file collection)."
     )
     return table
 

@@ -18,6 +18,7 @@ import random
 import struct
 import sys
 import zlib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,7 @@ async def run(quick: bool) -> list[Table]:
                     else litellm.token_counter(model=mo, messages=m)
                 )
             )
-        notes.append(f"litellm {getattr(litellm, '__version__', '')} (LITELLM_LOCAL_MODEL_COST_MAP=True).")
+        notes.append(f"litellm {metadata.version('litellm')} (LITELLM_LOCAL_MODEL_COST_MAP=True).")
     except Exception as exc:
         notes.append(f"litellm not measured: {type(exc).__name__}: {exc}")
 
