@@ -28,6 +28,7 @@ from ._common import Table, summarize, time_async, time_sync
 
 MODEL = "gpt-4o"
 LOOP = "code_interpreter.tokens (agent loop: +1 new message each call)"
+FLOOR = "tiktoken alone: encode_ordinary of the same texts (the floor)"
 WORDS = [
     "data", "frame", "plot", "column", "mean", "median", "value", "error", "chart", "file", "upload",
     "sales", "region", "month", "total", "python", "code", "run", "result", "figure", "axis", "label",
@@ -184,6 +185,14 @@ async def run(quick: bool) -> list[Table]:
     clear_memo()
     await counter.estimate(MODEL, msgs, tools=tools)  # the conversation so far was estimated last round
     results[LOOP] = summarize(await time_async(ours_loop, repeat))
+    # The floor for any exact counter: tiktoken encoding the same texts, nothing else.
+    from code_interpreter.tokens._encoding import encoding_for_model, get_encoding
+    from code_interpreter.tokens._tools import function_definitions, render_functions
+
+    encode = get_encoding(encoding_for_model(MODEL).name).encode_ordinary
+    texts = [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"] for m in msgs]
+    texts += [render_functions(function_definitions(tools))]
+    results[FLOOR] = summarize(time_sync(lambda: sum(len(encode(t)) for t in texts), repeat))
     exact = {
         "code_interpreter.tokens (cold memo)": _exact(lambda mo, m, t: tokens.count_request_tokens(mo, m, t)),
     }
@@ -248,7 +257,7 @@ async def run(quick: bool) -> list[Table]:
     except Exception as exc:
         notes.append(f"tokencost not measured: {type(exc).__name__}: {exc}")
 
-    others = [v["median_ms"] for k, v in results.items() if not k.startswith("code_interpreter")]
+    others = [v["median_ms"] for k, v in results.items() if k.startswith(("litellm", "tokencost"))]
     fastest_other = min(others) if others else None
     for name, r in results.items():
         ratio = fastest_other / r["median_ms"] if fastest_other else None
