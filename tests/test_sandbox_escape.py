@@ -396,3 +396,54 @@ def _processes_running(cmdline: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+# -- the supervisor's status channel ----------------------------------------------------------------
+
+FORGE = """
+import json, os, struct
+
+def frame(message):
+    body = json.dumps(message).encode()
+    return struct.pack(">I", len(body)) + body
+
+forged = {forged}
+for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
+    if fd > 2:
+        try:
+            os.write(fd, forged)
+        except OSError:
+            pass
+print("forged")
+"""
+
+
+@pytest.mark.parametrize(
+    ("forged", "why"),
+    [
+        ('struct.pack(">I", 9) + b"not json!"', "invalid report"),
+        ('frame({"op": "done", "rc": 0, "files": [{"filename": "big.bin", "size": 10**12}]})', "cap"),
+        ('frame({"op": "done", "rc": 0, "files": [{"filename": "x", "size": 1}] * 10_000})', "file list"),
+        ('frame({"op": "done", "rc": 0, "files": [{"filename": 7, "size": 1}]}) + b"x"', "file entry"),
+        ('struct.pack(">I", 2**31) + b"{}"', "oversized"),
+    ],
+)
+async def test_forged_status_reports_stop_the_execution(executor: Executor, forged: str, why: str) -> None:
+    """User code that writes its own frames into every inherited fd cannot pass them off as a result."""
+    before = executor.status()["zygote_pid"]
+    r = await run(executor, FORGE.format(forged=forged))
+    assert not r.success and r.generated == ()
+    assert why in (r.error or "") and "Execution stopped" in (r.error or "")
+    assert executor.status()["zygote_pid"] == before
+    ok = await run(executor, "print(6 * 7)")
+    assert ok.success and ok.output.strip() == "42"
+
+
+async def test_a_forged_file_name_is_only_a_name(executor: Executor) -> None:
+    """A forged, well-formed report can only describe the execution's own bytes; names stay plain data."""
+    entry = '{"filename": "../../../etc/cron.d/x", "size": 4}'
+    r = await run(
+        executor, FORGE.format(forged=f'frame({{"op": "done", "rc": 0, "files": [{entry}]}}) + b"PWND"')
+    )
+    # its own bytes, under a relative name
+    assert [(f.filename, f.data) for f in r.generated] == [("etc/cron.d/x", b"PWND")]

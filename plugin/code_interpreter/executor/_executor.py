@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files_names import safe_filename
 from ..errors import FileNotFound, IsolationUnavailable, SandboxCrashed, SandboxError
 from ..runtime_env import Runtime
 from ..sandbox import cgroups
@@ -53,6 +54,16 @@ def isolation_problem(mode: str) -> str | None:
         except (OSError, ValueError):
             return "cannot read the user-namespace settings under /proc/sys"
     return None
+
+
+def _relative_name(name: object) -> str:
+    """A generated file's path relative to the work dir, from the sandboxed process's own report.
+
+    That report is plain data the user's code could forge: every component is made harmless, and
+    nothing absolute or climbing out (``..``) survives.
+    """
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p.strip() not in ("", ".", "..")]
+    return "/".join(safe_filename(p) for p in parts) or "file"
 
 
 def _fmt_seconds(value: float) -> str:
@@ -367,6 +378,12 @@ class Executor:
                 f"Execution timeout after {_fmt_seconds(timeout)} seconds — pass timeout= up to "
                 f"{self.settings.max_timeout}, or process the data in chunks"
             )
+        elif status == "bad_report":
+            rc = -1
+            error = (
+                f"Execution stopped: {header.get('error', 'invalid report')} — the code wrote into the "
+                "sandbox's own status channel (an inherited file descriptor); write only to your own files"
+            )
         elif status != "ok":
             rc = -1
             error = f"Sandbox setup failed: {header.get('error', 'unknown error')}"
@@ -385,7 +402,9 @@ class Executor:
         elif rc != 0:
             error = stderr.strip() or f"Process exited with code {rc}"
         generated = tuple(
-            GeneratedFile(filename=str(f["filename"]), data=blob, mime=str(f.get("mime", "")), size=len(blob))
+            GeneratedFile(
+                filename=_relative_name(f["filename"]), data=blob, mime=str(f.get("mime", "")), size=len(blob)
+            )
             for f, blob in zip(header.get("files", []), blobs, strict=False)
         )
         return ExecutionResult(

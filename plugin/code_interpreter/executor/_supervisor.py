@@ -28,7 +28,6 @@ from types import ModuleType
 from typing import Any
 
 SETUP_FAILED = 125
-READ_CHUNK = 65536
 DRAIN_S = 1.0
 CPU_SLACK_S = 2
 SANDBOX_NICE = 10
@@ -42,6 +41,7 @@ class Context:
         sandbox: ModuleType,
         runtime: ModuleType,
         wire: ModuleType,
+        streams: ModuleType,
         seccomp_filter: Any,
         cgroup_bases: dict[str, str],
         config: dict[str, Any],
@@ -49,46 +49,11 @@ class Context:
         self.sandbox = sandbox
         self.runtime = runtime
         self.wire = wire
+        self.streams = streams
         self.seccomp_filter = seccomp_filter
         self.cgroup_bases = cgroup_bases
         self.config = config
         self.mode: str = config["mode"]
-
-
-class Capped:
-    """Keeps the first and last bytes of a stream, counting what is dropped in between."""
-
-    def __init__(self, cap: int) -> None:
-        self.head_cap = cap // 2
-        self.tail_cap = cap - self.head_cap
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        """Account for one chunk."""
-        self.total += len(data)
-        room = self.head_cap - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-            data = data[room:]
-        if data:
-            self.tail += data[-self.tail_cap :]
-            if len(self.tail) > self.tail_cap:
-                del self.tail[: len(self.tail) - self.tail_cap]
-
-    @property
-    def dropped(self) -> int:
-        """Bytes not kept."""
-        return self.total - len(self.head) - len(self.tail)
-
-    def text(self) -> str:
-        """Head, a marker when bytes were dropped, tail."""
-        head = bytes(self.head).decode("utf-8", "replace")
-        tail = bytes(self.tail).decode("utf-8", "replace")
-        if self.dropped:
-            return f"{head}\n[… {self.dropped} bytes truncated …]\n{tail}"
-        return head + tail
 
 
 class Warm:
@@ -250,91 +215,13 @@ def _execute(warm: Warm, req: dict[str, Any]) -> tuple[dict[str, Any], list[byte
     return _watch(warm, float(req["timeout"]), started)
 
 
-class StatusReader:
-    """Parses the child's status pipe: a ``ready`` frame, then a ``done`` frame and the files' bytes.
-
-    Everything after ``ready`` is written by the child *after* the user's code ran in that same
-    process, so it is untrusted: sizes are capped and checked, and a violation ends the execution.
-    """
-
-    def __init__(self, wire: ModuleType, max_files: int, max_bytes: int) -> None:
-        self.wire = wire
-        self.max_files = max_files
-        self.max_bytes = max_bytes
-        self.buf = bytearray()
-        self.ready: dict[str, Any] | None = None
-        self.done: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.blobs: list[bytes] = []
-        self.complete = False
-
-    def feed(self, data: bytes) -> None:
-        """Consume bytes; sets ``ready``, ``done``/``complete`` or ``error``."""
-        if self.complete or self.error:
-            return
-        self.buf += data
-        try:
-            while not self.complete and not self.error:
-                if self.done is not None:
-                    self._blobs()
-                    return
-                if len(self.buf) < 4:
-                    return
-                size = int.from_bytes(self.buf[:4], "big")
-                if size > 4 * 2**20:
-                    raise ValueError("oversized status frame")
-                if len(self.buf) < 4 + size:
-                    return
-                msg = self.wire.decode(bytes(self.buf[4 : 4 + size]))
-                del self.buf[: 4 + size]
-                self._frame(msg)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.error = f"invalid report from the sandbox ({exc})"
-
-    def _frame(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
-        if op == "ready" and self.ready is None:
-            self.ready = msg
-        elif op == "setup_error":
-            self.error = str(msg.get("error"))[:2000]
-        elif op == "done" and self.ready is not None:
-            files = msg.get("files")
-            if not isinstance(files, list) or len(files) > self.max_files:
-                raise ValueError("bad file list")
-            total = 0
-            for f in files:
-                if (
-                    not isinstance(f.get("filename"), str)
-                    or not isinstance(f.get("size"), int)
-                    or f["size"] < 0
-                ):
-                    raise ValueError("bad file entry")
-                total += f["size"]
-            if total > self.max_bytes:
-                raise ValueError("files exceed the cap")
-            self.done = msg
-            self._blobs()
-        else:
-            raise ValueError(f"unexpected {op!r}")
-
-    def _blobs(self) -> None:
-        assert self.done is not None
-        files = self.done["files"]
-        while len(self.blobs) < len(files):
-            size = files[len(self.blobs)]["size"]
-            if len(self.buf) < size:
-                return
-            self.blobs.append(bytes(self.buf[:size]))
-            del self.buf[:size]
-        self.complete = True
-
-
 def _watch(warm: Warm, timeout: float, started: float) -> tuple[dict[str, Any], list[bytes]]:
     cfg = warm.ctx.config
     pid = warm.pid
     out_r, err_r, st_r = warm.fds["out"], warm.fds["err"], warm.fds["st"]
-    outs = {out_r: Capped(cfg["max_output_bytes"]), err_r: Capped(cfg["max_output_bytes"])}
-    status = StatusReader(warm.ctx.wire, cfg["max_generated_files"], cfg["max_generated_bytes"])
+    streams = warm.ctx.streams
+    outs = {out_r: streams.Capped(cfg["max_output_bytes"]), err_r: streams.Capped(cfg["max_output_bytes"])}
+    status = streams.StatusReader(warm.ctx.wire, cfg["max_generated_files"], cfg["max_generated_bytes"])
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     for fd in (pidfd, out_r, err_r, st_r):
@@ -351,7 +238,7 @@ def _watch(warm: Warm, timeout: float, started: float) -> tuple[dict[str, Any], 
             if fd == pidfd:
                 exited = True
             else:
-                _read_into(fd, outs, status, poller, open_fds)
+                streams.read_into(fd, outs, status, poller, open_fds)
     # Done, failed or out of time: pid 1 of the namespace dies, and every process of the execution with it.
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -365,7 +252,7 @@ def _watch(warm: Warm, timeout: float, started: float) -> tuple[dict[str, Any], 
         drain_until = time.monotonic() + DRAIN_S
         while open_fds and time.monotonic() < drain_until:
             for fd, _ev in poller.poll(100):
-                _read_into(fd, outs, status, poller, open_fds)
+                streams.read_into(fd, outs, status, poller, open_fds)
     else:
         # Reported, or killed at the deadline: what is in the pipes now is all the output that matters.
         # The namespace's teardown (a fork bomb's hundreds of ms) happens after the result is sent.
@@ -374,7 +261,7 @@ def _watch(warm: Warm, timeout: float, started: float) -> tuple[dict[str, Any], 
                 os.set_blocking(fd, False)
                 while fd in open_fds:
                     try:
-                        _read_into(fd, outs, status, poller, open_fds)
+                        streams.read_into(fd, outs, status, poller, open_fds)
                     except BlockingIOError:
                         break
     for fd in open_fds:
@@ -416,31 +303,16 @@ def _watch(warm: Warm, timeout: float, started: float) -> tuple[dict[str, Any], 
             header["exit_code"] = -os.WTERMSIG(wstatus)
         if timed_out:
             header["status"] = "timeout"
+        elif status.ready is not None and status.error:
+            # After "ready" only the user's process writes there: it forged or garbled the report.
+            header["status"] = "bad_report"
+            header["error"] = status.error
         elif status.ready is None or status.error:
             header["status"] = "setup_error"
             header["error"] = status.error or "the sandboxed child died during setup"
     if warm.cgroup is not None and warm.cgroup.oom_killed():
         header["oom"] = True
     return header, blobs
-
-
-def _read_into(
-    fd: int, outs: dict[int, Capped], status: StatusReader, poller: Any, open_fds: set[int]
-) -> None:
-    try:
-        data = os.read(fd, READ_CHUNK)
-    except BlockingIOError:
-        raise
-    except OSError:
-        data = b""
-    if not data:
-        poller.unregister(fd)
-        open_fds.discard(fd)
-        os.close(fd)
-    elif fd in outs:
-        outs[fd].add(data)
-    else:
-        status.feed(data)
 
 
 def _collect_in_child(ctx: Context, work: str) -> tuple[list[dict[str, Any]], list[str], list[bytes]]:

@@ -50,6 +50,7 @@ def _load_package(name: str, directory: str) -> ModuleType:
 
 
 wire = _load_file("_ci_wire", os.path.join(HERE, "_wire.py"))
+streams = _load_file("_ci_streams", os.path.join(HERE, "_streams.py"))
 supervisor = _load_file("_ci_supervisor", os.path.join(HERE, "_supervisor.py"))
 
 
@@ -107,7 +108,7 @@ class Zygote:
         bases: dict[str, str] = {}
         if mode == "strict":
             bases = sandbox.cgroups.create_base(os.getpid())
-        self.ctx = supervisor.Context(sandbox, runtime, wire, seccomp_filter, bases, config)
+        self.ctx = supervisor.Context(sandbox, runtime, wire, streams, seccomp_filter, bases, config)
         self.pool_size = max(1, int(config.get("pool_size", 1)))
         preloaded = list(runtime.preload(config.get("preload", [])))
         # Objects from the preload never change again: keep the collector off their pages so forked
