@@ -7,6 +7,8 @@ object with a ``.db``) and through the environment, on the shared sandbox runtim
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -58,6 +60,21 @@ PUBLIC_NAMES = [
     "tool_definitions",
     "upload_file",
 ]
+
+
+def test_importing_the_package_leaves_the_openai_sdk_to_the_agent_loop() -> None:
+    """`import code_interpreter` (the CLI, LangChain users) pays for the openai SDK only at run_agent."""
+    probe = (
+        "import sys, code_interpreter as ci\n"
+        "print('openai' in sys.modules, 'run_agent' in dir(ci))\n"
+        "ci.run_agent\n"
+        "print('openai' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split() == ["False", "True", "True"]
+
 
 TOKENS_NAMES = [
     "DiscordLink",

@@ -7,6 +7,8 @@ async with ci.CodeInterpreter() as interp:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import tokens
 from ._defaults import (
     cleanup_expired_files,
@@ -18,7 +20,6 @@ from ._defaults import (
     list_user_files,
     upload_file,
 )
-from .agent import AgentResult, run_agent
 from .errors import (
     BudgetExceeded,
     CodeInterpreterError,
@@ -80,3 +81,19 @@ __all__ = [
     "tool_definitions",
     "upload_file",
 ]
+
+if TYPE_CHECKING:
+    from .agent import AgentResult, run_agent
+
+
+def __getattr__(name: str) -> Any:
+    # The agent loop needs the openai SDK (~1 s to import here); only its users pay for it.
+    if name in ("AgentResult", "run_agent"):
+        from . import agent
+
+        return getattr(agent, name)
+    raise AttributeError(f"module 'code_interpreter' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
