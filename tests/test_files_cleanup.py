@@ -281,3 +281,24 @@ async def test_no_background_cleanup_at_interval_zero(make_settings: Callable[..
 
     async with CodeInterpreter(make_settings(cleanup_interval_s=0)) as interp:
         assert interp.files._cleanup_task is None
+
+
+async def test_a_cleanup_cancelled_mid_batch_leaves_no_orphans(
+    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings]
+) -> None:
+    """Cancelling a cleanup (shutdown) finishes the batch it is deleting: every file is whole or gone."""
+    clock = Clock()
+    fm = FileManager(mongo_db, make_settings(file_expiration_hours=1.0), clock=clock, cleanup_batch=20)
+    for i in range(60):
+        await fm.upload_file(1, b"x", f"{i}.txt")
+    clock.now = T0 + timedelta(hours=1)
+    task = asyncio.create_task(fm.cleanup_expired_files())
+    async with asyncio.timeout(HANG_GUARD_S):
+        while (await counts(mongo_db))[0] == 60:  # noqa: ASYNC110 - polling the database: no event to await
+            await asyncio.sleep(0.001)
+    task.cancel()  # the first batch's metadata is gone: its bytes are being deleted right now
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    meta, files, chunks = await counts(mongo_db)
+    assert meta == files == chunks and meta % 20 == 0 and meta < 60
+    assert await fm.reconcile(grace_s=0) == {"orphan_blobs": 0, "orphan_metadata": 0}

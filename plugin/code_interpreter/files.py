@@ -254,7 +254,7 @@ class FileManager:
         return self._cleanup_task
 
     async def stop_cleanup_task(self) -> None:
-        """Cancel the periodic cleanup and wait for it to finish."""
+        """Cancel the periodic cleanup and wait for it to end (a batch being deleted is finished first)."""
         task, self._cleanup_task = self._cleanup_task, None
         if task is None:
             return
@@ -365,10 +365,13 @@ class FileManager:
             # By file_id alone: ids are unique and never reused, and documents are never updated, so
             # re-checking ``query`` adds nothing; it also made SecantusDB scan the expires_at
             # range for every batch (20x slower).
-            res = await self._retry(partial(self.meta.delete_many, {"file_id": {"$in": ids}}), "delete files")
-            total += res.deleted_count
-            await self.blobs.delete(ids)
-            await cache.remove(self.cache_dir, ids)
+            total += await _finish_if_cancelled(self._delete_batch(ids))
+
+    async def _delete_batch(self, ids: list[str]) -> int:
+        res = await self._retry(partial(self.meta.delete_many, {"file_id": {"$in": ids}}), "delete files")
+        await self.blobs.delete(ids)
+        await cache.remove(self.cache_dir, ids)
+        return int(res.deleted_count)
 
     async def _sweep_cache(self, now: datetime) -> None:
         names = await cache.listed_ids(self.cache_dir)
@@ -394,6 +397,20 @@ class FileManager:
                 raise
             except Exception:  # keep the loop alive: the next round may find the server back
                 log.exception("cleanup of expired files failed; retrying in %.0f s", interval_s)
+
+
+async def _finish_if_cancelled(aw: Awaitable[T]) -> T:
+    """Await ``aw``; if the caller is cancelled meanwhile, let ``aw`` finish first, then re-raise.
+
+    A cleanup batch deletes metadata, then bytes, then cache copies: stopping between those steps
+    would leave orphans for the next reconcile, so stop_cleanup_task() waits for the batch instead.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def _journaled(wc: WriteConcern) -> WriteConcern:
