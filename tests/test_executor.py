@@ -207,9 +207,12 @@ async def test_restart_lets_running_executions_finish(executor: Executor) -> Non
 
 async def test_supervisor_killed_gives_sandbox_crashed(executor: Executor) -> None:
     task = asyncio.create_task(run(executor, "import time\nprint('x', flush=True)\ntime.sleep(3)"))
-    await asyncio.sleep(0.4)
     zygote = executor.status()["zygote_pid"]
-    killed = _kill_busy_supervisor(zygote)
+    killed = False
+    for _ in range(50):  # until the child runs user code (a loaded machine may take a while to get there)
+        await asyncio.sleep(0.05)
+        if killed := _kill_busy_supervisor(zygote):
+            break
     r = await task
     assert killed
     assert not r.success and r.error is not None and r.error.startswith("Sandbox crashed"), r.error
