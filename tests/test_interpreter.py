@@ -17,25 +17,12 @@ from typing import Any
 
 import pytest
 
+from _interp_helpers import close_and_drop, started
 from code_interpreter.interpreter import PINS_DIR, CodeInterpreter
 from code_interpreter.settings import Settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NOT_FOUND = "was not found, has expired, or is not yours"
-
-
-async def _started(settings: Settings) -> CodeInterpreter:
-    interp = CodeInterpreter(settings)
-    await interp.start()
-    await interp.executor()  # warm the zygote so each test measures only its own work
-    return interp
-
-
-async def _close_and_drop(interp: CodeInterpreter) -> None:
-    try:
-        await interp.db.client.drop_database(interp.settings.database)
-    finally:
-        await interp.close()
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +37,9 @@ async def interp(
         runtime_dir=sandbox_runtime.root,
     )
     assert settings.isolation == "strict" and settings.policy == "default"
-    interpreter = await _started(settings)
+    interpreter = await started(settings)
     yield interpreter
-    await _close_and_drop(interpreter)
+    await close_and_drop(interpreter)
 
 
 async def until(condition: Callable[[], bool], limit_s: float = 30.0) -> None:
@@ -315,7 +302,7 @@ async def test_two_interpreters_with_their_own_homes_share_files(
 ) -> None:
     data = bytes(range(256)) * 64 + b"tail"
     first = CodeInterpreter(make_settings(home=tmp_path / "host-a", runtime_dir=sandbox_runtime.root))
-    second = await _started(make_settings(home=tmp_path / "host-b", runtime_dir=sandbox_runtime.root))
+    second = await started(make_settings(home=tmp_path / "host-b", runtime_dir=sandbox_runtime.root))
     try:
         await first.start()
         up = await first.files.upload_file(5, data, "blob.bin")
@@ -349,9 +336,9 @@ async def short_lived(
         max_parallel=2,
         max_parallel_per_user=1,
     )
-    interpreter = await _started(settings)
+    interpreter = await started(settings)
     yield interpreter
-    await _close_and_drop(interpreter)
+    await close_and_drop(interpreter)
 
 
 async def _expire_and_clean(interp: CodeInterpreter, up: dict[str, Any], task: asyncio.Task[Any]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from _interp_helpers import close_and_drop, started
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.runtime_env import RETIRED_FILE
 from code_interpreter.settings import Settings
@@ -33,26 +34,12 @@ def _small_settings(root: Path, mongo_uri: str) -> Settings:
     )
 
 
-async def _open(settings: Settings) -> CodeInterpreter:
-    interp = CodeInterpreter(settings)
-    await interp.start()
-    await interp.executor()  # creates the bare runtime and starts the zygote
-    return interp
-
-
-async def _close_and_drop(interp: CodeInterpreter) -> None:
-    try:
-        await interp.db.client.drop_database(interp.settings.database)
-    finally:
-        await interp.close()
-
-
 @pytest.fixture(scope="module")
 async def interp(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str) -> AsyncIterator[CodeInterpreter]:
     """One interpreter on a bare runtime of its own; each test imports packages no other test uses."""
-    interpreter = await _open(_small_settings(tmp_path_factory.mktemp("pkg-interp"), mongo_uri))
+    interpreter = await started(_small_settings(tmp_path_factory.mktemp("pkg-interp"), mongo_uri))
     yield interpreter
-    await _close_and_drop(interpreter)
+    await close_and_drop(interpreter)
 
 
 def _ok(result: dict[str, Any]) -> dict[str, Any]:
@@ -147,7 +134,7 @@ async def test_install_packages_argument_is_approved_and_installed(interp: CodeI
 
 
 async def test_recreation_while_an_execution_runs(tmp_path: Path, mongo_uri: str) -> None:
-    interp = await _open(_small_settings(tmp_path, mongo_uri))
+    interp = await started(_small_settings(tmp_path, mongo_uri))
     try:
         await interp.packages.install(["toml"])
         old = interp.packages.runtime
@@ -180,4 +167,4 @@ async def test_recreation_while_an_execution_runs(tmp_path: Path, mongo_uri: str
         assert "toml" in interp.packages.installed_distributions(new)
         assert old.path.is_dir()  # kept for a grace time past the longest execution
     finally:
-        await _close_and_drop(interp)
+        await close_and_drop(interp)
