@@ -18,7 +18,7 @@ from pathlib import Path
 
 from code_interpreter.executor import Executor
 from code_interpreter.packages import PackageManager
-from code_interpreter.runtime_env import base_interpreter
+from code_interpreter.packages.runtime import base_interpreter
 from code_interpreter.settings import Settings
 
 from ._common import Table, summarize

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from code_interpreter.executor import Executor
-from code_interpreter.runtime_env import Runtime, ensure_runtime
+from code_interpreter.packages.generations import ensure_runtime
+from code_interpreter.packages.runtime import Runtime
 from code_interpreter.settings import Settings
 
 from ._common import Table, summarize

@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from code_interpreter._imports import import_candidates, scan_imports
 from code_interpreter.packages import PackageManager
+from code_interpreter.packages.generations import ensure_runtime
+from code_interpreter.packages.imports import import_candidates, scan_imports
 from code_interpreter.policy import check_code
-from code_interpreter.runtime_env import ensure_runtime
 from code_interpreter.settings import Settings
 
 from ._common import Table, summarize, time_async, time_sync

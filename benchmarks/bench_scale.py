@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from code_interpreter.executor import Executor
-from code_interpreter.runtime_env import ensure_runtime
+from code_interpreter.packages.generations import ensure_runtime
 from code_interpreter.settings import Isolation, Settings
 
 from ._common import Table, summarize

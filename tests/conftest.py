@@ -117,7 +117,7 @@ async def sandbox_runtime(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ``CODE_INTERPRETER_TEST_RUNTIME`` names its root (tox sets ``<repo>/.sandbox-runtime``); unset, a
     temporary directory is used and the runtime is built for this session.
     """
-    from code_interpreter.runtime_env import ensure_runtime
+    from code_interpreter.packages.generations import ensure_runtime
 
     root = os.environ.get("CODE_INTERPRETER_TEST_RUNTIME")
     runtime_dir = Path(root) if root else tmp_path_factory.mktemp("sandbox-runtime") / "runtime"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from code_interpreter._files_names import content_type_for, detect_file_type, safe_filename, safe_id_part
+from code_interpreter.files.names import content_type_for, detect_file_type, safe_filename, safe_id_part
 
 ZIP = b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + b"\x00" * 20
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from code_interpreter import _imports
-from code_interpreter._imports import import_candidates, scan_imports
 from code_interpreter.packages import PackageManager
+from code_interpreter.packages import imports as _imports
+from code_interpreter.packages.imports import import_candidates, scan_imports
 from code_interpreter.settings import Settings
 
 # Every way an import statement can start, and the module the quick pass must report.

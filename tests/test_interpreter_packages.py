@@ -17,7 +17,7 @@ import pytest
 
 from _interp_helpers import close_and_drop, started
 from code_interpreter.interpreter import CodeInterpreter
-from code_interpreter.runtime_env import RETIRED_FILE
+from code_interpreter.packages.runtime import RETIRED_FILE
 from code_interpreter.settings import Settings
 
 

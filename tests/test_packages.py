@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from code_interpreter import _pip, runtime_env
-from code_interpreter._approval import name_problem
-from code_interpreter._imports import canonicalize, import_map
 from code_interpreter.errors import PackageInstallError, PackageNotApproved
-from code_interpreter.packages import PackageManager
-from code_interpreter.runtime_env import Runtime
+from code_interpreter.packages import PackageManager, generations, runtime
+from code_interpreter.packages import pip as _pip
+from code_interpreter.packages.approval import name_problem
+from code_interpreter.packages.imports import canonicalize, import_map
+from code_interpreter.packages.runtime import Runtime
 from code_interpreter.settings import Settings
 
 
@@ -363,7 +363,7 @@ async def test_rebuild_swaps_while_the_old_generation_keeps_working(pm: PackageM
     pm.on_swap.append(hook)
     await pm.prepare("import toml")
     old = pm.runtime
-    lease = runtime_env.lease_runtime(old)
+    lease = generations.lease_runtime(old)
     # a long-running process started from the old generation (as a zygote would be)
     late_import = "import sys; sys.stdin.readline(); import toml; print(toml.__file__)"
     proc = await asyncio.create_subprocess_exec(
@@ -376,7 +376,7 @@ async def test_rebuild_swaps_while_the_old_generation_keeps_working(pm: PackageM
     )
     new = await pm.rebuild_runtime()
     assert new.path != old.path
-    assert runtime_env.runtime_for(pm.settings) == new
+    assert runtime.runtime_for(pm.settings) == new
     assert async_swaps == [new]
     assert run_py(new, "import toml").returncode == 0  # in use: reinstalled in the new generation
     assert [p["name"] for p in pm.installed_packages()] == ["toml"]

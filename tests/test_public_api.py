@@ -19,7 +19,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 import code_interpreter as ci
-from code_interpreter import _defaults, tokens
+from code_interpreter import compat, tokens
 from code_interpreter.errors import ConfigurationError
 from code_interpreter.files import FileManager
 from code_interpreter.settings import Settings
@@ -120,7 +120,7 @@ def test_tokens_exported_members() -> None:
 
 def test_helpers_for_shutdown_are_not_exported() -> None:
     assert "aclose_default_interpreters" not in ci.__all__
-    assert callable(_defaults.aclose_default_interpreters)
+    assert callable(compat.aclose_default_interpreters)
 
 
 def test_package_approval_needs_no_database() -> None:
@@ -149,7 +149,7 @@ async def env(
     try:
         yield home
     finally:
-        await _defaults.aclose_default_interpreters()
+        await compat.aclose_default_interpreters()
 
 
 class Handler:
@@ -206,7 +206,7 @@ async def test_module_functions_with_a_db_attribute(env: Path, mongo_db: AsyncDa
     assert up["success"] and up["file_type"] == "text"
     # 42 and "42" are the same user; the handler and its database share one default interpreter.
     assert [f["file_id"] for f in await ci.list_user_files(42, db_handler=handler)] == [up["file_id"]]
-    assert await _defaults.default_interpreter(handler) is await _defaults.default_interpreter(mongo_db)
+    assert await compat.default_interpreter(handler) is await compat.default_interpreter(mongo_db)
     fm = ci.get_file_manager(handler)
     assert fm.db is mongo_db and await fm.read_file(up["file_id"], 42) == b"hello"
     old = await _expired_upload(mongo_db, 42)
@@ -251,7 +251,7 @@ async def test_module_functions_through_the_environment(
     assert await fm.read_file(up["file_id"], 3) == b"1\n2\n3\n"
 
     # A changed environment takes effect: the default interpreter is replaced, the old one closed.
-    before = await _defaults.default_interpreter()
+    before = await compat.default_interpreter()
     zygote = status["executor"]["zygote_pid"]
     assert isinstance(zygote, int)
     os.kill(zygote, 0)  # alive
@@ -259,15 +259,15 @@ async def test_module_functions_through_the_environment(
     monkeypatch.setenv("CODE_INTERPRETER_DATABASE", other_db)
     try:
         assert await ci.list_user_files(3) == []
-        after = await _defaults.default_interpreter()
+        after = await compat.default_interpreter()
         assert after is not before and after.settings.database == other_db
         with pytest.raises(ProcessLookupError):
             os.kill(zygote, 0)  # the replaced interpreter's zygote is gone (and reaped)
         assert ci.get_file_manager() is after.files
 
         # At shutdown: every default interpreter of this loop is closed and forgotten.
-        assert await _defaults.aclose_default_interpreters() == 1
-        assert _defaults._interpreters == {}
+        assert await compat.aclose_default_interpreters() == 1
+        assert compat._interpreters == {}
         with pytest.raises(RuntimeError, match="no default file store yet"):
             ci.get_file_manager()
     finally:

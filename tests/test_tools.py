@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 from openai.types.chat import ChatCompletionMessageToolCall
 
-from code_interpreter._tool_schema import load_schema, nullable_optionals, validate_arguments
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
 from code_interpreter.tools import ToolContext, ToolDispatcher, ToolResult, images_message, tool_definitions
+from code_interpreter.tools.schema import load_schema, nullable_optionals, validate_arguments
 
 REPO = Path(__file__).resolve().parent.parent
 

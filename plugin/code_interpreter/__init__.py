@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import tokens
-from ._defaults import (
+from .compat import (
     cleanup_expired_files,
     delete_user_file,
     execute_code,

@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ._tool_render import images_message
 from .errors import BudgetExceeded
-from .tools import ToolContext, ToolDispatcher, ToolResult, tool_definitions
+from .tools import ToolContext, ToolDispatcher, ToolResult, images_message, tool_definitions
 
 if TYPE_CHECKING:
     from .interpreter import CodeInterpreter
@@ -224,7 +223,7 @@ async def run_agent(
         raise ValueError("max_rounds must be at least 1")
     if dispatcher is None:
         if interpreter is None:
-            from ._defaults import default_interpreter
+            from .compat import default_interpreter
 
             interpreter = await default_interpreter()
         dispatcher = ToolDispatcher(interpreter)

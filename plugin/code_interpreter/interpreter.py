@@ -30,9 +30,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from .errors import CodeInterpreterError, PackageError, StorageUnavailable
 from .executor import Executor, FileRef
 from .files import FileManager
-from .packages import PackageManager
+from .packages import PackageManager, ProgressCallback
 from .policy import check_code, policy_message
-from .runtime_env import ProgressCallback
 from .settings import Settings
 from .storage import Storage
 from .tokens import TokenCounter, UsageStore

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._imports import parse_cached
+from .packages.imports import parse_cached
 
 __all__ = ["PolicyFinding", "check_code", "policy_message"]
 

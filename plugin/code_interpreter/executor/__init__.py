@@ -3,7 +3,7 @@
 Host side (this package, async): :class:`Executor` owns the zygote process, the parallel slots and
 per-user caps, and turns the supervisor's report into an :class:`ExecutionResult`. Child side
 (``_zygote.py``, ``_supervisor.py``, ``_streams.py``, ``_wire.py``; stdlib only): loaded by file path in
-the sandbox runtime interpreter, together with ``code_interpreter/sandbox`` and ``code_interpreter/runtime``.
+the sandbox runtime interpreter, together with ``code_interpreter/sandbox`` and ``code_interpreter/inside``.
 
 Process model: host ─(Unix socket, frames + SCM_RIGHTS)─► zygote ─fork─► supervisor (root; unshares
 namespaces, builds the mount view, enforces the timeout, captures output, collects files) ─fork─►

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files_names import safe_filename
 from ..errors import FileNotFound, IsolationUnavailable, SandboxCrashed, SandboxError
-from ..runtime_env import Runtime
+from ..files.names import safe_filename
+from ..packages.runtime import Runtime
 from ..sandbox import cgroups
 from ..sandbox.mounts import INPUTS_DIR
 from ..settings import Settings

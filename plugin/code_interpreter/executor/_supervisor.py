@@ -39,7 +39,7 @@ class Context:
     def __init__(
         self,
         sandbox: ModuleType,
-        runtime: ModuleType,
+        inside: ModuleType,
         wire: ModuleType,
         streams: ModuleType,
         seccomp_filter: Any,
@@ -47,7 +47,7 @@ class Context:
         config: dict[str, Any],
     ) -> None:
         self.sandbox = sandbox
-        self.runtime = runtime
+        self.inside = inside
         self.wire = wire
         self.streams = streams
         self.seccomp_filter = seccomp_filter
@@ -322,7 +322,7 @@ def _collect_in_child(ctx: Context, work: str) -> tuple[list[dict[str, Any]], li
     ever make a privileged reader follow a swapped symlink.
     """
     cfg = ctx.config
-    found, notes = ctx.runtime.collect_generated(
+    found, notes = ctx.inside.collect_generated(
         work, set(), cfg["max_generated_files"], cfg["max_generated_bytes"]
     )
     files: list[dict[str, Any]] = []
@@ -456,7 +456,7 @@ def _child(
         _setup_failed(ctx, st, exc)
     rc = 1
     try:
-        rc = int(ctx.runtime.run_user_code(request["code"], files, work))
+        rc = int(ctx.inside.run_user_code(request["code"], files, work))
     except BaseException:  # run_user_code reports user errors itself; this is a last resort
         with contextlib.suppress(BaseException):
             import traceback

@@ -98,8 +98,8 @@ class Zygote:
     # -- setup ---------------------------------------------------------------
     def setup(self, config: dict[str, Any]) -> dict[str, Any]:
         sandbox = _load_package("_ci_sandbox", os.path.join(PACKAGE, "sandbox"))
-        boot = _load_file("_ci_runtime_bootstrap", os.path.join(PACKAGE, "runtime", "_bootstrap.py"))
-        runtime = boot.load_runtime_package(os.path.join(PACKAGE, "runtime"))
+        boot = _load_file("_ci_inside_bootstrap", os.path.join(PACKAGE, "inside", "_bootstrap.py"))
+        inside = boot.load_inside_package(os.path.join(PACKAGE, "inside"))
         mode = config["mode"]
         seccomp_filter = None
         if mode != "none" and config.get("pyseccomp"):
@@ -108,9 +108,9 @@ class Zygote:
         bases: dict[str, str] = {}
         if mode == "strict":
             bases = sandbox.cgroups.create_base(os.getpid())
-        self.ctx = supervisor.Context(sandbox, runtime, wire, streams, seccomp_filter, bases, config)
+        self.ctx = supervisor.Context(sandbox, inside, wire, streams, seccomp_filter, bases, config)
         self.pool_size = max(1, int(config.get("pool_size", 1)))
-        preloaded = list(runtime.preload(config.get("preload", [])))
+        preloaded = list(inside.preload(config.get("preload", [])))
         # Objects from the preload never change again: keep the collector off their pages so forked
         # children share them copy-on-write instead of dirtying them on the first collection.
         gc.collect()

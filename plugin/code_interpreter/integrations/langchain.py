@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 
-from .._tool_schema import EXECUTE_TOOL, load_schema
-from ..tools import ToolContext, ToolDispatcher, ToolResult
+from ..tools import EXECUTE_TOOL, ToolContext, ToolDispatcher, ToolResult, load_schema
 
 if TYPE_CHECKING:
     from ..interpreter import CodeInterpreter

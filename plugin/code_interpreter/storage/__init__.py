@@ -31,7 +31,7 @@ class Storage:
         self.settings = settings
         self.retry = retry or RetryPolicy()
         self._handler_db: AsyncDatabase[Any] | None = (
-            _unwrap_handler(db_handler) if db_handler is not None else None
+            unwrap_handler(db_handler) if db_handler is not None else None
         )
         self._client: AsyncMongoClient[Any] | None = None
         self._db: AsyncDatabase[Any] | None = None
@@ -160,7 +160,7 @@ class Storage:
             ) from exc
 
 
-def _unwrap_handler(handler: Any) -> AsyncDatabase[Any]:
+def unwrap_handler(handler: Any) -> AsyncDatabase[Any]:
     db = handler if isinstance(handler, AsyncDatabase) else getattr(handler, "db", None)
     if not isinstance(db, AsyncDatabase):
         raise ConfigurationError(

@@ -14,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from code_interpreter import _rt_util, runtime_env
 from code_interpreter.errors import PackageInstallError
-from code_interpreter.runtime_env import Runtime, ensure_runtime, pip_install, runtime_for
+from code_interpreter.packages import generations, procs
+from code_interpreter.packages.generations import ensure_runtime
+from code_interpreter.packages.locks import root_lock
+from code_interpreter.packages.pip import pip_install
+from code_interpreter.packages.runtime import Runtime, runtime_for
+from code_interpreter.packages.runtime import generations as list_generations
 from code_interpreter.settings import Settings
 
 SYSTEM_DIRS = ("/usr/", "/lib/", "/lib64/", "/etc/", "/proc/", "/dev/", "/sys/")
@@ -75,20 +79,20 @@ async def test_idempotent(small_settings: Settings) -> None:
     second = await ensure_runtime(small_settings)
     assert second == first
     assert first.python.lstat().st_mtime_ns == mtime
-    assert [p.name for p in runtime_env.generations(small_settings.runtime_path)] == ["gen-1"]
+    assert [p.name for p in list_generations(small_settings.runtime_path)] == ["gen-1"]
 
 
 async def test_concurrent_calls_build_once(small_settings: Settings) -> None:
     results = await asyncio.gather(*(ensure_runtime(small_settings) for _ in range(4)))
     assert len(set(results)) == 1
-    assert [p.name for p in runtime_env.generations(small_settings.runtime_path)] == ["gen-1"]
+    assert [p.name for p in list_generations(small_settings.runtime_path)] == ["gen-1"]
 
 
 async def test_two_processes_build_once(small_settings: Settings) -> None:
     """A second process racing this one waits on the file lock and reuses the runtime it built."""
     script = (
         "import asyncio, sys; from pathlib import Path; from code_interpreter.settings import Settings;"
-        "from code_interpreter.runtime_env import ensure_runtime;"
+        "from code_interpreter.packages.generations import ensure_runtime;"
         f"s = Settings(home=Path({str(small_settings.home)!r}),"
         f" runtime_dir=Path({str(small_settings.runtime_path)!r}), runtime_packages=());"
         "print(asyncio.run(ensure_runtime(s)).path)"
@@ -98,7 +102,7 @@ async def test_two_processes_build_once(small_settings: Settings) -> None:
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     assert Path(out.decode().strip()) == mine.path
-    assert [p.name for p in runtime_env.generations(small_settings.runtime_path)] == ["gen-1"]
+    assert [p.name for p in list_generations(small_settings.runtime_path)] == ["gen-1"]
 
 
 async def test_deleted_python_is_detected_and_rebuilt(small_settings: Settings) -> None:
@@ -118,7 +122,7 @@ async def test_broken_python_is_detected_and_rebuilt(small_settings: Settings) -
     old.python.unlink()
     old.python.write_text("#!/bin/sh\nexit 3\n")
     old.python.chmod(0o755)
-    runtime_env._verified.discard(old.path)
+    generations._verified.discard(old.path)
     assert old.exists()  # the cheap check passes: only running it shows the damage
     new = await ensure_runtime(small_settings)
     assert new.path != old.path
@@ -197,7 +201,7 @@ async def test_pip_timeout_kills_the_process_group(tmp_path: Path) -> None:
     )
     t = time.monotonic()
     with pytest.raises(PackageInstallError, match="did not finish within"):
-        await _rt_util._run_streaming([sys.executable, "-c", script], timeout=1.0)
+        await procs.run_streaming([sys.executable, "-c", script], timeout=1.0)
     assert time.monotonic() - t < 10
     pid = int(pidfile.read_text())
     for _ in range(100):  # the grandchild got SIGKILL with its group; wait until it is gone or a zombie
@@ -218,11 +222,11 @@ async def test_failed_build_leaves_current_untouched(
 ) -> None:
     good = await ensure_runtime(small_settings)
     bad = small_settings.replace(runtime_packages=("code-interpreter-no-such-dist-4711",))
-    async with runtime_env.root_lock(good.root):
+    async with root_lock(good.root):
         with pytest.raises(PackageInstallError):
-            await runtime_env.build_generation(bad)
+            await generations.build_generation(bad)
     assert runtime_for(small_settings) == good
-    assert [p.name for p in runtime_env.generations(small_settings.runtime_path)] == ["gen-1"]
+    assert [p.name for p in list_generations(small_settings.runtime_path)] == ["gen-1"]
 
 
 async def test_runtime_python_setting_is_used(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable
 from importlib import resources
 
-from ._imports import canonicalize
+from .imports import canonicalize
 
 __all__ = ["Approval", "shipped_approved_packages"]
 

@@ -1,10 +1,11 @@
-"""Code that runs inside the sandbox runtime: file helpers, user-code runner, figure capture, file collection.
+"""Runs inside the sandbox (the runtime venv's interpreter, loaded by file path): stdlib imports only.
 
-This package runs in the RUNTIME interpreter (the sandbox venv), which does not have
+File helpers, the user-code runner, figure capture and file collection. This package runs in the
+sandbox runtime's interpreter (the runtime venv), which does not have
 ``code_interpreter``'s dependencies. So: stdlib-only at import time, relative imports only, and
 numpy/pandas/PIL/matplotlib imported lazily inside functions. The zygote loads it by file path under
-a private name (see ``_bootstrap.load_runtime_package``); the host may also import it normally
-(``code_interpreter.runtime``), e.g. to call ``collect_generated``.
+a private name (see ``_bootstrap.load_inside_package``); the host may also import it normally
+(``code_interpreter.inside``), e.g. to call ``collect_generated``.
 
 Interface (the executor codes against it):
 
@@ -16,7 +17,7 @@ Interface (the executor codes against it):
 
 from __future__ import annotations
 
-from ._bootstrap import load_runtime_package
+from ._bootstrap import load_inside_package
 from ._collect import collect_generated, file_type, guess_mime
 from ._figures import MAX_AUTO_FIGURES, configure_matplotlib, save_open_figures
 from ._loaders import PickleRefusedError, UnknownFileError, file_kind, make_file_helpers
@@ -33,7 +34,7 @@ __all__ = [
     "file_kind",
     "file_type",
     "guess_mime",
-    "load_runtime_package",
+    "load_inside_package",
     "make_file_helpers",
     "preload",
     "run_user_code",

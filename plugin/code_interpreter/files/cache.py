@@ -1,4 +1,4 @@
-"""The local cache of file bytes (``home/cache/<file_id>/<filename>``) and reconcile's orphan search.
+"""The local cache of file bytes (``home/cache/<file_id>/<filename>``).
 
 Cache copies are written to a temporary name, checked against the stored sha256 and renamed
 into place, so a reader never sees a partial file and two processes materialising the same file
@@ -13,17 +13,13 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._files_names import safe_filename
-from .errors import FileStoreError
+from ..errors import FileStoreError
+from .names import safe_filename
 
-if TYPE_CHECKING:
-    from .files import FileManager
-
-__all__ = ["FILE_ID_RE", "collect_verified", "find_orphans", "is_valid", "listed_ids", "path_for", "remove"]
+__all__ = ["FILE_ID_RE", "collect_verified", "is_valid", "listed_ids", "path_for", "remove"]
 
 FILE_ID_RE = re.compile(r"user_[A-Za-z0-9-]{1,64}_\d{1,12}_[0-9a-f]{4,32}")
 
@@ -132,45 +128,3 @@ def _listed(cache_dir: Path) -> list[str]:
         return sorted(n for n in os.listdir(cache_dir) if FILE_ID_RE.fullmatch(n))
     except FileNotFoundError:
         return []
-
-
-async def find_orphans(fm: FileManager, grace_s: float) -> tuple[list[str], list[str]]:
-    """(blob ids without metadata, file_ids without blob) in ``fm``'s database.
-
-    Metadata is read *before* blobs: metadata is written after its blob, so any metadata seen
-    has its blob already in the later snapshot unless it is truly gone.
-    """
-    cutoff = datetime.now(UTC) - timedelta(seconds=grace_s)
-    metas = await fm._retry(lambda: fm.meta.find({}, {"file_id": 1, "_id": 0}).to_list(None), "scan metadata")
-    meta_ids = {d["file_id"] for d in metas}
-    files = await fm._retry(
-        lambda: fm.blobs.files.find({}, {"_id": 1, "uploadDate": 1}).to_list(None), "scan file bytes"
-    )
-    blob_ids = {d["_id"] for d in files}
-    orphan_blobs = [
-        d["_id"] for d in files if d["_id"] not in meta_ids and _older(d.get("uploadDate"), cutoff)
-    ]
-    # Chunks whose files document never came (a crash mid-upload); their ObjectId dates them.
-    pipeline: list[dict[str, Any]] = [{"$group": {"_id": "$files_id", "first": {"$min": "$_id"}}}]
-
-    async def groups() -> list[dict[str, Any]]:
-        return await (await fm.blobs.chunks.aggregate(pipeline)).to_list(None)
-
-    for g in await fm._retry(groups, "scan file chunks"):
-        if g["_id"] not in blob_ids and _older(_oid_time(g["first"]), cutoff):
-            orphan_blobs.append(g["_id"])
-    orphan_meta = sorted(m for m in meta_ids if m not in blob_ids)
-    return orphan_blobs, orphan_meta
-
-
-def _oid_time(oid: Any) -> datetime | None:
-    gt = getattr(oid, "generation_time", None)
-    return gt if isinstance(gt, datetime) else None
-
-
-def _older(when: datetime | None, cutoff: datetime) -> bool:
-    if when is None:
-        return True
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when <= cutoff

@@ -1,4 +1,4 @@
-"""Shared pieces of the command line, outside cli.py so `python -m code_interpreter.cli` sees one copy."""
+"""Shared pieces of the command line: progress bar, reading local files, saving results, estimates."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The model-facing tool: definitions rendered from the canonical schema, and the dispatcher.
+"""The dispatcher: the boundary where a model's tool call becomes an execution, and its result text.
 
 The dispatcher is the boundary between an untrusted model and the interpreter. Everything the
 model sends is validated against ``tool_schemas/execute_python_code.json``; everything that goes
@@ -16,23 +16,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._tool_render import image_parts, images_message, render_content, supports_vision
-from ._tool_schema import EXECUTE_TOOL, SCHEMA_NAMES, load_schema, tool_definitions, validate_arguments
-from .errors import CodeInterpreterError
+from ..errors import CodeInterpreterError
+from .render import image_parts, render_content, supports_vision
+from .schema import EXECUTE_TOOL, SCHEMA_NAMES, tool_definitions, validate_arguments
 
 if TYPE_CHECKING:
-    from .interpreter import CodeInterpreter
+    from ..interpreter import CodeInterpreter
 
-__all__ = [
-    "EXECUTE_TOOL",
-    "ToolContext",
-    "ToolDispatcher",
-    "ToolResult",
-    "images_message",
-    "load_schema",
-    "supports_vision",
-    "tool_definitions",
-]
+__all__ = ["ToolContext", "ToolDispatcher", "ToolResult"]
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from .files import FileManager
 from .interpreter import CodeInterpreter
 from .packages import PackageManager
 from .settings import ENV_PREFIX, Settings
-from .storage import _unwrap_handler
+from .storage import unwrap_handler
 
 
 @dataclass(slots=True)
@@ -55,7 +55,7 @@ async def default_interpreter(db_handler: Any = None) -> CodeInterpreter:
     """The started default interpreter for this event loop (and ``db_handler``, when given)."""
     # AsyncMongoClient is bound to the loop it first ran on, so each loop gets its own interpreter.
     loop = asyncio.get_running_loop()
-    db = None if db_handler is None else _unwrap_handler(db_handler)
+    db = None if db_handler is None else unwrap_handler(db_handler)
     key = (id(loop), 0 if db is None else id(db))
     settings = _settings_from_env()
     stale: CodeInterpreter | None = None
@@ -154,7 +154,7 @@ def get_file_manager(db_handler: Any = None) -> FileManager:
         RuntimeError: no handler and no default interpreter started in this event loop yet.
     """
     if db_handler is not None:
-        return FileManager(_unwrap_handler(db_handler), _settings_from_env())
+        return FileManager(unwrap_handler(db_handler), _settings_from_env())
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli_util import StderrProgress, UsageProblem, estimate_line, read_local, sample, save_files
-from .errors import CodeInterpreterError
-from .settings import Settings
+from ..errors import CodeInterpreterError
+from ..settings import Settings
+from .util import StderrProgress, UsageProblem, estimate_line, read_local, sample, save_files
 
 __all__ = ["main"]
 
@@ -30,7 +30,7 @@ DEFAULT_USER = "cli"
 
 
 def _interp(settings: Settings, progress: StderrProgress | None) -> Any:
-    from .interpreter import CodeInterpreter
+    from ..interpreter import CodeInterpreter
 
     return CodeInterpreter(settings, progress=progress)
 
@@ -62,7 +62,7 @@ print(f"Total revenue: {{df['revenue'].sum():,.2f}} USD; chart saved as revenue_
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings, progress: StderrProgress) -> int:
     """Upload the sample CSV, send a scripted tool call as a model would, print output and estimate."""
-    from .tools import ToolContext, ToolDispatcher, tool_definitions
+    from ..tools import ToolContext, ToolDispatcher, tool_definitions
 
     out_dir: Path = args.output
     async with _interp(settings, progress) as interp:
@@ -196,7 +196,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings, progress: Std
 
 async def cmd_tokens(args: argparse.Namespace, settings: Settings, progress: StderrProgress) -> int:
     """Estimate tokens and cost of a Chat Completions request body."""
-    from .tokens import TokenCounter
+    from ..tokens import TokenCounter
 
     raw = await read_local(args.request)
     try:
@@ -225,7 +225,7 @@ async def cmd_tokens(args: argparse.Namespace, settings: Settings, progress: Std
 
 async def cmd_chat(args: argparse.Namespace, settings: Settings, progress: StderrProgress) -> int:
     """Chat with a model that can run code (needs OPENAI_API_KEY; OPENAI_BASE_URL is honoured)."""
-    from ._cli_chat import chat
+    from .chat import chat
 
     return await chat(args, settings, progress, _interp(settings, progress))
 
@@ -333,7 +333,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.done()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,24 +10,15 @@ import asyncio
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
-from ._rt_util import (
-    OUTPUT_TAIL_LINES,
-    ProgressCallback,
-    _chmod_world_readable,
-    _no_progress,
-    _run,
-    _run_streaming,
-    generation_lock,
-)
-from .errors import PackageInstallError
-from .settings import Settings
-
-if TYPE_CHECKING:
-    from .runtime_env import Runtime
+from ..errors import PackageInstallError
+from ..settings import Settings
+from .fsutil import ProgressCallback, chmod_world_readable, no_progress
+from .locks import generation_lock
+from .procs import OUTPUT_TAIL_LINES, run_command, run_streaming
+from .runtime import Runtime
 
 __all__ = ["MIN_PIP_VERSION", "host_pip_version", "pip_install"]
 
@@ -47,7 +38,9 @@ async def host_pip_version() -> tuple[int, ...]:
     if sys.executable in _pip_checked:
         return _pip_checked[sys.executable]
     try:
-        out = await _run([sys.executable, "-m", "pip", "--version"], timeout=60, what="run the host's pip")
+        out = await run_command(
+            [sys.executable, "-m", "pip", "--version"], timeout=60, what="run the host's pip"
+        )
     except PackageInstallError as exc:
         raise PackageInstallError(
             f"pip is not available to the host interpreter {sys.executable}: install pip>=22.3 "
@@ -104,11 +97,11 @@ async def pip_install(
     if settings.pip_constraints is not None:
         cmd += ["--constraint", str(settings.pip_constraints)]
     cmd += ["--", *reqs]
-    report = progress or _no_progress
+    report = progress or no_progress
 
     async def attempt() -> str:
         report(f"pip install {' '.join(reqs)}", None)
-        code, out = await _run_streaming(cmd, timeout=settings.pip_timeout, on_line=_pip_progress(report))
+        code, out = await run_streaming(cmd, timeout=settings.pip_timeout, on_line=_pip_progress(report))
         if code == 0:
             return out
         kind = _classify_pip_failure(out)
@@ -130,7 +123,7 @@ async def pip_install(
         except _PipNetworkError as exc:
             message = _pip_failure_message(reqs, "network", exc.out, runtime, exc.code)
             raise PackageInstallError(message) from None
-        await asyncio.to_thread(_chmod_world_readable, runtime.site_packages, True)
+        await asyncio.to_thread(chmod_world_readable, runtime.site_packages, True)
     return out
 
 

@@ -1,8 +1,8 @@
-"""The in-child runtime helpers (runtime/): load_file, tracebacks, exit codes, figures, file collection.
+"""The inside package (runs in the sandbox): load_file, tracebacks, exit codes, figures, file collection.
 
 These tests run the REAL sandbox runtime interpreter (the ``sandbox_runtime`` fixture), which does not
-have ``code_interpreter`` installed, and load ``runtime/`` by file path under a private name exactly as
-the zygote does (``_bootstrap.load_runtime_package``). A small driver process preloads numpy, pandas
+have ``code_interpreter`` installed, and load ``inside/`` by file path under a private name exactly as
+the zygote does (``_bootstrap.load_inside_package``). A small driver process preloads numpy, pandas
 and matplotlib once and forks one child per execution, like the zygote — but WITHOUT the OS sandbox
 (no namespaces, uid drop or seccomp): the full path through the sandbox is tested with the executor.
 """
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import code_interpreter.runtime as runtime_pkg
-from code_interpreter.runtime import collect_generated
+import code_interpreter.inside as inside_pkg
+from code_interpreter.inside import collect_generated
 
-RUNTIME_DIR = Path(runtime_pkg.__file__).resolve().parent
+INSIDE_DIR = Path(inside_pkg.__file__).resolve().parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # The driver: a miniature zygote. Protocol: one JSON request per line on stdin, one JSON reply per
@@ -35,7 +35,7 @@ DRIVER = r"""
 import json, os, runpy, signal, sys, traceback
 runtime_dir = sys.argv[1]
 heavy = ("numpy", "pandas", "matplotlib", "PIL")
-rt = runpy.run_path(os.path.join(runtime_dir, "_bootstrap.py"))["load_runtime_package"](runtime_dir)
+rt = runpy.run_path(os.path.join(runtime_dir, "_bootstrap.py"))["load_inside_package"](runtime_dir)
 info = {
     "name": rt.__name__,
     "heavy_after_load": [m for m in heavy if m in sys.modules],
@@ -100,7 +100,7 @@ class Driver:
         self.tmp = tmp
         self.count = 0
         self.proc = subprocess.Popen(
-            [str(python), "-I", str(script), str(RUNTIME_DIR)],
+            [str(python), "-I", str(script), str(INSIDE_DIR)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -247,7 +247,7 @@ def inputs(driver: Driver, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 def test_loaded_by_path_stdlib_only_and_preloaded(driver: Driver) -> None:
     info = driver.info
-    assert info["name"] == "_ci_runtime"
+    assert info["name"] == "_ci_inside"
     assert info["heavy_after_load"] == []  # nothing heavy imported at load time
     assert info["code_interpreter_imported"] is False
     assert info["preloaded"] == ["numpy", "pandas", "matplotlib.pyplot", "seaborn"]
@@ -384,7 +384,7 @@ def test_traceback_through_functions_and_libraries(driver: Driver) -> None:
     assert frames[1] == 'File "<code>", line 4, in parse'
     assert all("json" in f for f in frames[2:]) and len(frames) > 2  # library frames kept
     assert "return json.loads(text)" in run.stderr
-    assert str(RUNTIME_DIR) not in run.stderr
+    assert str(INSIDE_DIR) not in run.stderr
     assert run.stderr.rstrip().endswith("line 1 column 2 (char 1)")
 
 

@@ -35,12 +35,13 @@ from pymongo import WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from . import _files_cache as cache
-from ._files_blobs import CODEC, BlobStore, BlobTooLarge
-from ._files_names import content_type_for, detect_file_type, safe_filename, safe_id_part
-from .errors import FileStoreError
-from .settings import Settings
-from .storage.retry import RetryContext, RetryPolicy, context_for, with_retries
+from ..errors import FileStoreError
+from ..settings import Settings
+from ..storage.retry import RetryContext, RetryPolicy, context_for, with_retries
+from . import cache
+from .blobs import CODEC, BlobStore, BlobTooLarge
+from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
+from .orphans import find_orphans
 
 __all__ = ["BUCKET", "COLLECTION", "FileManager"]
 
@@ -272,9 +273,7 @@ class FileManager:
         Blobs younger than ``grace_s`` (real time) are left alone: an upload in progress writes
         its blob before its metadata. Returns ``{"orphan_blobs": n, "orphan_metadata": m}``.
         """
-        from ._files_cache import find_orphans  # local: only reconcile needs it
-
-        blobs, metas = await find_orphans(self, grace_s)
+        blobs, metas = await find_orphans(self.meta, self.blobs, self._retry, grace_s)
         for i in range(0, len(blobs), self.cleanup_batch):
             await self.blobs.delete(blobs[i : i + self.cleanup_batch])
         for i in range(0, len(metas), self.cleanup_batch):

@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runtime_env
-from ._approval import Approval, clip, name_problem
-from ._imports import ImportScan, canonicalize, import_candidates, import_map, scan_imports
-from ._package_record import PackageRecord
-from ._rt_util import ProgressCallback, _async_lock
-from .errors import PackageInstallError, PackageNotApproved
-from .runtime_env import Runtime
-from .settings import Settings
+from ..errors import PackageInstallError, PackageNotApproved
+from ..settings import Settings
+from . import generations
+from .approval import Approval, clip, name_problem
+from .fsutil import ProgressCallback
+from .imports import ImportScan, canonicalize, import_candidates, import_map, scan_imports
+from .locks import async_lock, root_lock
+from .pip import pip_install
+from .record import PackageRecord
+from .runtime import Runtime, current_generation, runtime_for
 
 __all__ = ["ImportScan", "PackageManager", "PrepareResult", "SwapHook"]
 
@@ -122,7 +124,7 @@ class PackageManager:
     @property
     def runtime(self) -> Runtime:
         """The runtime in use (or where it would be, before :meth:`ensure_runtime`)."""
-        return self._runtime if self._runtime is not None else runtime_env.runtime_for(self.settings)
+        return self._runtime if self._runtime is not None else runtime_for(self.settings)
 
     async def ensure_runtime(self, progress: ProgressCallback | None = None) -> Runtime:
         """Create or repair the runtime if needed and return it; a change of generation fires on_swap."""
@@ -131,7 +133,7 @@ class PackageManager:
         # there, skip re-reading the runtime's record files (a burst of calls would stall the event loop).
         if known is not None and _still_current(known):
             return known
-        rt = await runtime_env.ensure_runtime(self.settings, progress=progress)
+        rt = await generations.ensure_runtime(self.settings, progress=progress)
         old = self._runtime
         self._runtime = rt
         if old is not None and old.path != rt.path:
@@ -220,7 +222,7 @@ class PackageManager:
             return PrepareResult(refused=tuple(refused))
         # One install at a time per runtime root: a second caller needing the same package waits,
         # then finds it installed (recomputed below) and starts no pip run of its own.
-        async with _async_lock(rt.root / "<prepare>"):
+        async with async_lock(rt.root / "<prepare>"):
             rt = self.runtime
             available = self.available_modules(rt)
             have = self.installed_distributions(rt)
@@ -306,7 +308,7 @@ class PackageManager:
     async def _pip(self, rt: Runtime, dists: Sequence[str], progress: ProgressCallback | None) -> None:
         self.pip_calls += 1
         try:
-            await runtime_env.pip_install(rt, dists, settings=self.settings, progress=progress)
+            await pip_install(rt, dists, settings=self.settings, progress=progress)
         finally:
             self._listing = None
         versions = self.installed_distributions(rt)
@@ -325,7 +327,7 @@ class PackageManager:
         if bad:
             raise PackageNotApproved("; ".join(bad))
         rt = await self.ensure_runtime(progress)
-        async with _async_lock(rt.root / "<prepare>"):
+        async with async_lock(rt.root / "<prepare>"):
             rt = self.runtime
             have = self.installed_distributions(rt)
             missing = sorted({canonicalize(n) for n in names} - set(have))
@@ -379,19 +381,19 @@ class PackageManager:
         holds it and a grace time has passed); the on_swap hooks move users to the new one.
         """
         root = self.settings.runtime_path.absolute()
-        async with runtime_env.root_lock(root):
+        async with root_lock(root):
             self.collect_old_runtimes()
-            old = runtime_env.runtime_for(self.settings)
+            old = runtime_for(self.settings)
             self._record.reload()
             keep = [n for n in self._in_use() if self.approval.check(n)[0]]
             baseline = list(self.settings.runtime_packages)
             extra = [n for n in keep if n not in {canonicalize(b) for b in baseline if not name_problem(b)}]
-            new = await runtime_env.build_generation(
+            new = await generations.build_generation(
                 self.settings, packages=[*baseline, *extra], progress=progress, swap=False
             )
-            runtime_env.swap_current(root, new.path)
+            generations.swap_current(root, new.path)
             if old.path.exists() and old.path != new.path:
-                runtime_env.retire_generation(old.path)
+                generations.retire_generation(old.path)
             self._listing = None
             self._record.keep_only(keep, self.installed_distributions(new))
             self._record.set_last_cleanup(time.time())
@@ -407,7 +409,7 @@ class PackageManager:
     def collect_old_runtimes(self, now: float | None = None) -> list[Path]:
         """Remove retired generations nobody leases, after a grace time past the longest execution."""
         grace = float(self.settings.max_timeout) + GRACE_MARGIN_S
-        return runtime_env.collect_generations(self.settings.runtime_path.absolute(), grace_s=grace, now=now)
+        return generations.collect_generations(self.settings.runtime_path.absolute(), grace_s=grace, now=now)
 
     def _in_use(self) -> list[str]:
         days = self.settings.runtime_rebuild_days
@@ -433,4 +435,4 @@ def _iso(ts: float) -> str:
 
 def _still_current(rt: Runtime) -> bool:
     """``current`` still names ``rt``'s generation and its python exists (a readlink and a stat)."""
-    return runtime_env.current_generation(rt.root) == rt.path and os.path.exists(rt.python)
+    return current_generation(rt.root) == rt.path and os.path.exists(rt.python)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._rt_util import _read_json, _write_json_atomic
+from .fsutil import read_json, write_json_atomic
 
 __all__ = ["PackageRecord"]
 
@@ -29,7 +29,7 @@ class PackageRecord:
 
     def _load(self) -> dict[str, Any]:
         if self._data is None:
-            data = _read_json(self.path)
+            data = read_json(self.path)
             packages = data.get("packages")
             self._data = {
                 "packages": packages if isinstance(packages, dict) else {},
@@ -44,7 +44,7 @@ class PackageRecord:
     def save(self) -> None:
         """Write the record atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(self.path, self._load())
+        write_json_atomic(self.path, self._load())
 
     def names(self) -> list[str]:
         """Recorded distribution names."""

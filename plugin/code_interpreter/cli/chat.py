@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings
+from ..settings import Settings
 
 __all__ = ["chat"]
 
@@ -20,7 +20,7 @@ SYSTEM = (
 
 async def chat(args: argparse.Namespace, settings: Settings, progress: Any, interp_cm: Any) -> int:
     """Run prompts (one from the command line, or one per stdin line) through run_agent."""
-    from ._cli_util import UsageProblem, read_local, save_files
+    from .util import UsageProblem, read_local, save_files
 
     if not os.environ.get("OPENAI_API_KEY"):
         raise UsageProblem(
@@ -29,8 +29,8 @@ async def chat(args: argparse.Namespace, settings: Settings, progress: Any, inte
         )
     import openai
 
-    from .agent import run_agent
-    from .tools import ToolContext
+    from ..agent import run_agent
+    from ..tools import ToolContext
 
     client = openai.AsyncOpenAI(max_retries=0)  # run_agent's tenacity policy owns the retries
     async with interp_cm as interp:

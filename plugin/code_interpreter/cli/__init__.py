@@ -1,0 +1,11 @@
+"""The ``code-interpreter`` command line (entry point ``code_interpreter.cli:main``).
+
+- :mod:`.main` — the parser and the commands (demo, run, files, cleanup, status, tokens, chat);
+- :mod:`.chat` — the agent loop in a terminal; :mod:`.util` — progress bar and file helpers.
+"""
+
+from __future__ import annotations
+
+from .main import build_parser, main
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,14 @@
+"""Files: each user's uploads and generated files, metadata in MongoDB and bytes in GridFS, with expiry.
+
+- :mod:`.manager` — :class:`FileManager` (upload, list, read, materialize, delete, cleanup, reconcile);
+- :mod:`.blobs` — the GridFS bucket, written chunk by chunk with a running sha256;
+- :mod:`.cache` — verified local copies the sandbox reads;
+- :mod:`.names` — safe file names and file types sniffed from the bytes;
+- :mod:`.orphans` — what a crash left behind, for reconcile.
+"""
+
+from __future__ import annotations
+
+from .manager import BUCKET, COLLECTION, FileManager
+
+__all__ = ["BUCKET", "COLLECTION", "FileManager"]
