@@ -118,6 +118,21 @@ def test_tokens_exported_members() -> None:
         assert getattr(tokens, name) is not None, name
 
 
+def test_the_entry_points_outside_the_root_stay_where_users_find_them() -> None:
+    """The CLI entry point, the LangChain integration and the shipped tool schema keep their paths."""
+    import tomllib
+    from importlib import resources
+
+    from code_interpreter.cli import main
+    from code_interpreter.integrations.langchain import close_tools, make_tools
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"] == {"code-interpreter": "code_interpreter.cli:main"}
+    assert callable(main) and callable(make_tools) and callable(close_tools)
+    schema = resources.files("code_interpreter").joinpath("tool_schemas", "execute_python_code.json")
+    assert '"execute_python_code"' in schema.read_text(encoding="utf-8")
+
+
 def test_helpers_for_shutdown_are_not_exported() -> None:
     assert "aclose_default_interpreters" not in ci.__all__
     assert callable(compat.aclose_default_interpreters)
