@@ -23,6 +23,17 @@ REFUSED = [
     ("import telnetlib", "telnetlib", "network", 1),
     ("import paramiko", "paramiko", "network", 1),
     ("from socket import create_connection", "socket", "network", 1),
+    # next to the harmless uses let through below
+    ("import socket\nsocket.gethostname()\nsocket.socket()", "import of socket", "network", 1),
+    ("import socket as s\ns.create_connection(('x', 1))", "import of socket", "network", 1),
+    ("import socket\nprint(socket.gethostname())\nn = socket", "import of socket", "network", 1),
+    ("import socket\ngetattr(socket, 'socket')()", "import of socket", "network", 1),
+    ("from socket import gethostname, socket", "import of socket.socket", "network", 1),
+    ("from socket import *", "import of socket.*", "network", 1),
+    ("def f(): pass\nf.__code__ = g.__code__", "__code__", "internals", 2),
+    ("def f(): pass\nprint(f.__code__)", "__code__", "internals", 2),
+    ("def f(): pass\nprint(f.__code__.co_consts)", "__code__", "internals", 2),
+    ("def f(): pass\nc = f.__code__.replace(co_name='x')", "__code__", "internals", 2),
     ("import xmlrpc.client", "xmlrpc", "network", 1),
     ("import urllib3", "urllib3", "network", 1),
     # process spawning
@@ -123,6 +134,10 @@ ALLOWED = [
     "import sklearn.linear_model as lm\nm = lm.LinearRegression().fit(X, y)",
     "import asyncio\nasyncio.run(main())",
     "import signal\nsignal.signal(signal.SIGALRM, handler)",
+    "import socket\nprint(socket.gethostname())",
+    "import socket as s\nhost = s.gethostname()",
+    "from socket import gethostname\nprint(gethostname())",
+    "def f(a, b=1): pass\nprint(f.__code__.co_varnames, f.__code__.co_argcount, f.__code__.co_name)",
     "def f(:",  # syntax errors are the executor's to report
     "",
 ]

@@ -17,6 +17,11 @@ confused with the constructs it refuses. By default it refuses:
   ``sys._getframe``, ``inspect.currentframe``/``stack``, ``gc.get_referrers``, and the same names
   reached through ``getattr(x, "<name>")``, ``__import__("os").system`` or ``importlib``.
 
+Two harmless uses next to refused ones are let through: ``socket.gethostname()`` (``import socket``
+is refused unless the code uses the module for nothing else) and the descriptive attributes of a
+function's code object (``f.__code__.co_varnames``, ``co_argcount`` …; any other use of
+``__code__`` is still refused).
+
 ``multiprocessing`` and ``concurrent.futures`` are allowed on purpose: joblib, scikit-learn
 (``n_jobs``) and pandas helpers use them, and the sandbox's process limit and PID namespace bound
 them. Mode ``"off"`` disables the check (the sandbox is tested that way).
@@ -90,6 +95,15 @@ INTERNAL_ATTRS = frozenset(
     }
 )  # fmt: skip
 
+# Modules refused on import unless the code uses them only for these harmless names.
+HARMLESS: dict[str, frozenset[str]] = {"socket": frozenset({"gethostname"})}
+_HARMLESS_DOTTED = frozenset(f"{m}.{n}" for m, names in HARMLESS.items() for n in names)
+# Read-only, descriptive attributes of a code object: ``f.__code__.co_varnames`` is not a refusal.
+CODE_FACTS = frozenset(
+    {"co_varnames", "co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_nlocals", "co_name",
+     "co_qualname", "co_filename", "co_firstlineno", "co_flags"}
+)  # fmt: skip
+
 _ATTR_GETTERS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 _DYNAMIC_IMPORTERS = frozenset({"__import__", "importlib.import_module", "import_module"})
 _CODE_RUNNERS = frozenset({"exec", "eval", "compile"})
@@ -142,6 +156,7 @@ def _check(code: str, line_offset: int, depth: int) -> list[PolicyFinding]:
         return []
     visitor = _PolicyVisitor(line_offset, depth)
     visitor.visit(tree)
+    visitor.finish()
     # one finding per line and reason: ``urllib.request.urlopen`` is one problem, not three
     seen: set[tuple[int, str]] = set()
     unique = []
@@ -164,6 +179,8 @@ def _module_verdict(dotted: str) -> tuple[str, str] | None:
 
 def _name_verdict(dotted: str) -> tuple[str, str] | None:
     """Verdict for a fully qualified attribute path such as "os.system" or "urllib.request.urlopen"."""
+    if dotted in _HARMLESS_DOTTED:
+        return None
     hit = REFUSED_NAMES.get(dotted)
     if hit is not None:
         return hit
@@ -182,6 +199,18 @@ class _PolicyVisitor(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}  # local name -> dotted module/attribute path
         self.offset = line_offset
         self.depth = depth
+        # Imports of HARMLESS modules, decided at the end by how they were used: alias -> (module, node, uses)
+        self.guarded: dict[str, tuple[str, ast.AST, list[bool]]] = {}
+        self._bases: set[int] = set()  # Name nodes seen as the base of an attribute access
+        self._code_facts: set[int] = set()  # ``x.__code__`` nodes read only for a CODE_FACTS attribute
+
+    def finish(self) -> None:
+        """Refuse each guarded import that was used for anything but its harmless names (or not at all)."""
+        for alias, (module, node, uses) in self.guarded.items():
+            if not uses or not all(uses):
+                verdict = REFUSED_MODULES[module]
+                self._refuse(f"import of {module}", node, verdict)
+                self.aliases.pop(alias, None)
 
     def _refuse(self, construct: str, node: ast.AST, verdict: tuple[str, str]) -> None:
         line = getattr(node, "lineno", 1) + self.offset
@@ -212,6 +241,10 @@ class _PolicyVisitor(ast.NodeVisitor):
     # -- imports -------------------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
+            if alias.name in HARMLESS:
+                self.guarded[alias.asname or alias.name] = (alias.name, node, [])
+                self.aliases[alias.asname or alias.name] = alias.name
+                continue
             verdict = _module_verdict(alias.name)
             if verdict:
                 self._refuse(f"import of {alias.name}", node, verdict)
@@ -223,6 +256,14 @@ class _PolicyVisitor(ast.NodeVisitor):
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level or not node.module:
+            return
+        if node.module in HARMLESS:
+            for alias in node.names:
+                dotted = f"{node.module}.{alias.name}"
+                if dotted in _HARMLESS_DOTTED:
+                    self.aliases[alias.asname or alias.name] = dotted
+                else:
+                    self._refuse(f"import of {dotted}", node, REFUSED_MODULES[node.module])
             return
         verdict = _module_verdict(node.module)
         if verdict:
@@ -242,8 +283,19 @@ class _PolicyVisitor(ast.NodeVisitor):
 
     # -- expressions ---------------------------------------------------------------------------------
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if isinstance(node.value, ast.Name) and node.value.id in self.guarded:
+            self._bases.add(id(node.value))
+            module, _, uses = self.guarded[node.value.id]
+            uses.append(node.attr in HARMLESS[module])
+        if (
+            node.attr in CODE_FACTS
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "__code__"
+        ):
+            self._code_facts.add(id(node.value))
         if node.attr in INTERNAL_ATTRS:
-            self._refuse(f"attribute {node.attr}", node, (_INTERNALS, _INTERNALS_HINT))
+            if id(node) not in self._code_facts:
+                self._refuse(f"attribute {node.attr}", node, (_INTERNALS, _INTERNALS_HINT))
         else:
             dotted = self.qualify(node)
             verdict = _name_verdict(dotted) if dotted else None
@@ -254,6 +306,11 @@ class _PolicyVisitor(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id == "__builtins__":
             self._refuse("__builtins__", node, (_INTERNALS, _INTERNALS_HINT))
+        elif node.id in self.guarded and id(node) not in self._bases:
+            # The module itself passed around (getattr, an alias, a call): not a harmless use.
+            module, _, uses = self.guarded[node.id]
+            uses.append(False)
+            self._refuse(f"use of the {module} module", node, REFUSED_MODULES[module])
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         key = _literal(node.slice)
