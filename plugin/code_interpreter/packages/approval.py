@@ -19,11 +19,18 @@ _MAX_NAME = 100
 
 
 @functools.cache
-def shipped_approved_packages() -> tuple[str, ...]:
-    """The shipped approved list (data/approved_packages.json), canonical names."""
+def _shipped() -> dict[str, tuple[str, ...]]:
     raw = json.loads(resources.files("code_interpreter").joinpath("data/approved_packages.json").read_text())
-    names = [*raw["packages"], *raw.get("baseline_dependencies", [])]
-    return tuple(sorted({canonicalize(n) for n in names}))
+    return {
+        "packages": tuple(sorted({canonicalize(n) for n in raw["packages"]})),
+        "dependencies": tuple(sorted({canonicalize(n) for n in raw.get("dependencies", [])})),
+    }
+
+
+def shipped_approved_packages() -> tuple[str, ...]:
+    """The shipped approved list (data/approved_packages.json) and its dependency closure, canonical names."""
+    shipped = _shipped()
+    return tuple(sorted({*shipped["packages"], *shipped["dependencies"]}))
 
 
 def name_problem(name: object) -> str | None:
@@ -66,6 +73,10 @@ class Approval:
     def __init__(self, approved: Iterable[str] | None = None) -> None:
         names = shipped_approved_packages() if approved is None else approved
         self.approved: frozenset[str] = frozenset(canonicalize(n) for n in names)
+        # What refusals list: the packages themselves, not the libraries they bring along.
+        self.listed: tuple[str, ...] = (
+            _shipped()["packages"] if approved is None else tuple(sorted(self.approved))
+        )
 
     def check(self, name: object) -> tuple[bool, str]:
         """(approved?, reason) for a distribution name; only a plain, approved name passes."""
@@ -80,6 +91,6 @@ class Approval:
 
     def describe(self, limit: int = 60) -> str:
         """The approved names, for messages to the model."""
-        names = sorted(self.approved)
+        names = list(self.listed)
         shown = ", ".join(names[:limit])
         return f"approved: {shown}" + (f" and {len(names) - limit} more" if len(names) > limit else "")
