@@ -1,4 +1,8 @@
-"""Shared helpers of the executor and sandbox tests: a strict executor with small limits."""
+"""Shared helpers of the executor and sandbox tests: an executor with small limits, in the mode this host has.
+
+The escape suite runs in ``strict`` mode as root and in ``namespaces`` mode as an unprivileged user
+(``.ci/run`` does both). :func:`sandbox_mode` picks the mode; a test that cannot run in it fails.
+"""
 
 from __future__ import annotations
 
@@ -64,6 +68,36 @@ async def started_executor(
         yield executor
     finally:
         await executor.close()
+
+
+#: Uid the sandboxed code sees for itself, per mode (in a user namespace it is root *of that namespace*).
+INSIDE_UID = {"strict": 65534, "namespaces": 0}
+
+
+def sandbox_mode() -> str:
+    """``strict`` as root, ``namespaces`` as any other user (failing loudly when that is not available)."""
+    if os.geteuid() == 0:
+        return "strict"
+    from code_interpreter.executor import isolation_problem
+
+    problem = isolation_problem("namespaces")
+    if problem:
+        pytest.fail(f"the escape suite needs root or user namespaces here: {problem}")
+    return "namespaces"
+
+
+def root_owned_secret(tmp: Path) -> Path:
+    """A 0600 file owned by root: made here as root, or by .ci/run for an unprivileged run."""
+    if os.geteuid() == 0:
+        secrets = host_secrets(tmp)
+        return secrets / "root-only.txt"
+    given = os.environ.get("CODE_INTERPRETER_TEST_ROOT_SECRET")
+    if not given or not Path(given).is_file() or Path(given).stat().st_uid != 0:
+        pytest.fail(
+            "as an unprivileged user the escape suite needs a root-owned 0600 file holding the test secret, "
+            "named by CODE_INTERPRETER_TEST_ROOT_SECRET (.ci/run creates it)"
+        )
+    return Path(given)
 
 
 def require_root() -> None:

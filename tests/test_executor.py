@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from _executor_fixtures import require_root, small_settings, started_executor
 from code_interpreter.errors import IsolationUnavailable
-from code_interpreter.executor import ExecutionResult, Executor, FileRef, isolation_problem
+from code_interpreter.executor import ExecutionResult, Executor, FileRef, isolation_problem, resolve_isolation
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ async def test_stdout_stderr_apart_and_result_dict_shape(executor: Executor) -> 
     assert (r.success, r.output, r.stderr, r.error, r.return_code) == (True, "out\n", "err\n", None, 0)
     d = r.to_dict()
     assert set(d) == {"success", "output", "error", "execution_time", "return_code", "stderr", "truncated",
-                      "isolation", "notes", "generated_files"}  # fmt: skip
+                      "isolation", "notes", "generated_files", "session"}  # fmt: skip
     assert d["isolation"] == "strict" and d["generated_files"] == []
 
 
@@ -206,43 +207,28 @@ async def test_restart_lets_running_executions_finish(executor: Executor) -> Non
 
 
 async def test_supervisor_killed_gives_sandbox_crashed(executor: Executor) -> None:
-    task = asyncio.create_task(run(executor, "import time\nprint('x', flush=True)\ntime.sleep(3)"))
-    zygote = executor.status()["zygote_pid"]
-    killed = False
-    for _ in range(50):  # until the child runs user code (a loaded machine may take a while to get there)
-        await asyncio.sleep(0.05)
-        if killed := _kill_busy_supervisor(zygote):
-            break
-    r = await task
-    assert killed
+    running = asyncio.Event()
+    task = asyncio.create_task(
+        executor.execute(
+            "import time\nprint('x', flush=True)\ntime.sleep(30)",
+            user_id="u1",
+            timeout=40,
+            on_event=lambda event: running.set(),
+        )
+    )
+    await asyncio.wait_for(running.wait(), 60)  # the child runs user code: it printed
+    [(supervisor, child)] = executor.processes()
+    os.kill(supervisor, signal.SIGKILL)
+    r = await asyncio.wait_for(task, 30)
     assert not r.success and r.error is not None and r.error.startswith("Sandbox crashed"), r.error
+    assert not _alive(supervisor) and not _alive(child)
 
 
-def _children(pid: int) -> list[int]:
+def _alive(pid: int) -> bool:
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return []
-
-
-def _uid(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return -1
-    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-
-
-def _kill_busy_supervisor(zygote: int) -> bool:
-    """Kill the supervisor whose child is running user code (its child's fd 4 — the request — is closed)."""
-    import signal
-
-    for sup in _children(zygote):
-        for child in _children(sup):
-            if _uid(child) == 65534 and not os.path.exists(f"/proc/{child}/fd/4"):
-                os.kill(sup, signal.SIGKILL)
-                return True
-    return False
+        return False
 
 
 async def test_isolation_none_warns_and_runs(
@@ -272,4 +258,44 @@ async def test_start_refuses_unavailable_isolation(
     ex = Executor(small_settings(tmp_path / "home"), sandbox_runtime)
     with pytest.raises(IsolationUnavailable, match="isolation='none' explicitly"):
         await ex.start()
+    await ex.close()
+
+
+def test_auto_isolation_is_strict_as_root_namespaces_otherwise_and_fails_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from code_interpreter.executor import _isolation
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert resolve_isolation("auto") == (
+        "strict",
+        "auto: running as root, so namespaces plus a real switch to the sandbox uid",
+    )
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    mode, reason = resolve_isolation("auto")
+    assert (mode, reason) == ("namespaces", "auto: running as uid 1000 (not root), so user namespaces")
+    monkeypatch.setattr(
+        _isolation,
+        "isolation_problem",
+        lambda m: "user namespaces are disabled (user.max_user_namespaces = 0)",
+    )
+    mode, reason = resolve_isolation("auto")
+    assert mode == "unavailable" and "not root" in reason and "max_user_namespaces = 0" in reason
+    assert resolve_isolation("none") == ("none", "isolation='none' was set explicitly")
+
+
+async def test_auto_without_any_sandbox_refuses_to_run_and_says_what_is_missing(
+    sandbox_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from code_interpreter.executor import _isolation
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(_isolation, "isolation_problem", lambda m: "user namespaces are disabled (test)")
+    ex = Executor(small_settings(tmp_path / "home", isolation="auto"), sandbox_runtime)
+    assert ex.mode == "unavailable" and ex.status()["mode_reason"].startswith(
+        "isolation='auto' found no sandbox"
+    )
+    with pytest.raises(IsolationUnavailable, match="not root, and user namespaces are disabled") as err:
+        await ex.start()
+    assert "isolation='none' explicitly" in str(err.value)
     await ex.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from code_interpreter.executor import _wire
-from code_interpreter.executor._streams import Capped, StatusReader
+from code_interpreter.executor._streams import Capped, LiveText, StatusReader
 
 
 def test_capped_keeps_head_and_tail_and_counts_the_rest() -> None:
@@ -33,8 +33,34 @@ def test_status_frames_and_blobs_survive_any_chunking() -> None:
         r = StatusReader(_wire, max_files=10, max_bytes=10_000)
         for i in range(0, len(data), step):
             r.feed(data[i : i + step])
-        assert r.complete and r.error is None
-        assert r.blobs == [b"\x89PNG" * 100, b"x,y\n1,2\n"]
+        assert r.error is None and len(r.items) == 1
+        kind, frame, blobs = r.items[0]
+        assert kind == "done" and frame["rc"] == 0
+        assert blobs == [b"\x89PNG" * 100, b"x,y\n1,2\n"]
+
+
+def test_a_session_reports_many_cells_and_a_snapshot_in_sequence() -> None:
+    data = _report([("a.txt", b"1")])
+    data += _wire.encode({"op": "done", "rc": 1, "files": [], "notes": []})
+    data += _wire.encode({"op": "snapshot", "size": 4, "notes": []}) + b"ZIPS"
+    r = StatusReader(_wire, max_files=3, max_bytes=10, max_snapshot=4)
+    for i in range(len(data)):
+        r.feed(data[i : i + 1])
+    assert r.error is None
+    assert [(k, b) for k, _f, b in r.items] == [("done", [b"1"]), ("done", []), ("snapshot", [b"ZIPS"])]
+
+
+def test_a_snapshot_over_its_cap_is_a_violation() -> None:
+    r = StatusReader(_wire, max_files=3, max_bytes=10, max_snapshot=4)
+    r.feed(_wire.encode({"op": "ready"}) + _wire.encode({"op": "snapshot", "size": 5, "notes": []}))
+    assert r.error is not None and "snapshot size" in r.error and not r.items
+
+
+def test_live_text_keeps_split_characters_whole_and_stops_at_its_budget() -> None:
+    live = LiveText(budget=6)
+    data = "é€x".encode()  # 2 + 3 + 1 bytes
+    assert live.text(data[:1]) == "" and live.text(data[1:4]) == "é" and live.text(data[4:]) == "€x"
+    assert live.text(b"more") == "" and live.cut
 
 
 @pytest.mark.parametrize(
@@ -42,7 +68,11 @@ def test_status_frames_and_blobs_survive_any_chunking() -> None:
     [
         (_report([("a", b"x" * 11)]), "files exceed the cap"),
         (_report([(f"f{i}", b"") for i in range(4)]), "bad file list"),
-        (_wire.encode({"op": "ready"}) + (5 * 2**20).to_bytes(4, "big"), "oversized status frame"),
+        (_wire.encode({"op": "ready"}) + (5 * 2**20).to_bytes(4, "big"), "oversized frame"),
+        (
+            _wire.encode({"op": "ready"}) + _wire.HEADER.pack(20_000) + b"[" * 10_000 + b"]" * 10_000,
+            "too deeply",
+        ),
         (_wire.encode({"op": "done", "files": []}), "unexpected 'done'"),  # done before ready
         (b"\x00\x00\x00\x02[]", "not a JSON object"),
     ],
@@ -50,6 +80,6 @@ def test_status_frames_and_blobs_survive_any_chunking() -> None:
 def test_status_violations_end_with_an_error(data: bytes, why: str) -> None:
     r = StatusReader(_wire, max_files=3, max_bytes=10)
     r.feed(data)
-    assert not r.complete and r.error is not None and why in r.error
+    assert not r.items and r.error is not None and why in r.error
     r.feed(_report([]))  # nothing after a violation is believed
-    assert not r.complete
+    assert not r.items

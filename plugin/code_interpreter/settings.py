@@ -40,7 +40,7 @@ MAX_OUTPUT_BYTES = 100_000
 MAX_CODE_BYTES = 2_000_000
 RUNTIME_REBUILD_DAYS = 7.0
 
-Isolation = Literal["strict", "namespaces", "none"]
+Isolation = Literal["auto", "strict", "namespaces", "none"]
 PolicyMode = Literal["default", "off"]
 QuotaPolicy = Literal["refuse", "evict"]
 
@@ -53,6 +53,7 @@ DEFAULT_RUNTIME_PACKAGES = (
     "openpyxl",
     "pyarrow",
     "pillow",
+    "cloudpickle",  # saved sessions: functions and classes defined in cells come along
 )
 DEFAULT_PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot", "seaborn")
 
@@ -103,8 +104,8 @@ class Settings:
     max_generated_bytes: int = 50 * 2**20
     """Most bytes of generated files returned per execution."""
 
-    isolation: Isolation = "strict"
-    """Sandbox mode: strict (root: namespaces + uid drop), namespaces (user namespaces), none."""
+    isolation: Isolation = "auto"
+    """Sandbox: auto (strict as root, else namespaces; never runs without one), strict, namespaces, none."""
     sandbox_uid: int = 65534
     """Unprivileged uid the child switches to in strict mode."""
     sandbox_gid: int = 65534
@@ -121,6 +122,15 @@ class Settings:
     """RLIMIT_FSIZE in the child: the largest file it may write."""
     work_dir_mb: int = 1024
     """Size of the child's private tmpfs work dir."""
+
+    session_idle_minutes: float = 20.0
+    """Minutes a live session may sit idle before it is saved and its process stopped."""
+    max_sessions: int = 32
+    """Most live sessions on this host; a new one makes the least recently used idle one save and stop."""
+    max_sessions_per_user: int = 4
+    """Most live sessions of one user on this host (the user's least recently used one makes room)."""
+    max_snapshot_mb: int = 200
+    """Largest saved session; over it the largest values are left out (and named in the notes)."""
 
     runtime_dir: Path | None = None
     """Sandbox runtime venv; default ``home/runtime``."""
@@ -244,6 +254,10 @@ class Settings:
             "max_files_per_user",
             "max_bytes_per_user",
             "pip_timeout",
+            "session_idle_minutes",
+            "max_sessions",
+            "max_sessions_per_user",
+            "max_snapshot_mb",
         )
         for name in positive:
             if getattr(self, name) <= 0:

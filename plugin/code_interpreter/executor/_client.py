@@ -1,4 +1,4 @@
-"""Host side of the zygote protocol: start the fork server, send requests, read results (all async)."""
+"""Host side of the zygote's control socket: start the fork server, open execution channels (async)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import SandboxCrashed, SandboxError
 from . import _wire as wire
+from ._channel import ExecChannel
 
 log = logging.getLogger("code_interpreter.executor")
 
@@ -143,49 +144,26 @@ class ZygoteProcess:
                     self._dead = True
                     raise SandboxCrashed(f"the zygote is gone ({exc})") from exc
 
-    async def run(self, request: dict[str, Any], wait: float) -> tuple[dict[str, Any], list[bytes]]:
-        """Send one ``run`` request and read its result frame and file bytes from a fresh pipe.
+    async def open_channel(self, exec_id: str) -> ExecChannel:
+        """Start an execution: a fresh socket pair, one end handed (through the zygote) to a warm supervisor.
 
-        The pipe's write end goes to the supervisor: if the zygote dies before forking it, the pipe
-        reads EOF at once; once forked, the supervisor reports even if the zygote dies meanwhile.
-        Raises SandboxCrashed when no result arrives, TimeoutError after ``wait`` seconds.
+        The zygote never reads it: the request, live output and the result travel between the host and
+        that supervisor only. If the zygote dies before handing it on, the channel reads EOF at once.
         """
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe2(os.O_CLOEXEC)
+        host_end, supervisor_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await self._send(wire.encode({"op": "run", **request}), (w,))
+            await self._send(wire.encode({"op": "run", "id": exec_id}), (supervisor_end.fileno(),))
         except BaseException:
-            os.close(r)
+            host_end.close()
             raise
         finally:
-            os.close(w)
-        reader = asyncio.StreamReader(limit=2**20)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", buffering=0)
-        )
-        try:
-            return await asyncio.wait_for(self._read_result(reader), wait)
-        except TimeoutError:
-            with contextlib.suppress(SandboxCrashed):
-                await self._send(wire.encode({"op": "kill", "id": request["id"]}))
-            raise
-        finally:
-            transport.close()
+            supervisor_end.close()
+        return await ExecChannel.open(host_end, exec_id, self)
 
-    @staticmethod
-    async def _read_result(reader: asyncio.StreamReader) -> tuple[dict[str, Any], list[bytes]]:
-        try:
-            (size,) = wire.HEADER.unpack(await reader.readexactly(wire.HEADER.size))
-            if size > wire.MAX_FRAME:
-                raise SandboxCrashed("the sandbox sent an oversized result frame")
-            header = wire.decode(await reader.readexactly(size))
-            blobs = [await reader.readexactly(int(f["size"])) for f in header.get("files", [])]
-        except asyncio.IncompleteReadError:
-            raise SandboxCrashed(
-                "the sandbox process died before reporting a result (killed, or the zygote crashed); "
-                "run the code again"
-            ) from None
-        return header, blobs
+    async def kill(self, exec_id: str) -> None:
+        """Ask the zygote to SIGKILL an execution's supervisor (its child dies with it)."""
+        with contextlib.suppress(SandboxCrashed):
+            await self._send(wire.encode({"op": "kill", "id": exec_id}))
 
     async def shutdown(self, wait: float = 5.0) -> None:
         """Ask the zygote to exit (running supervisors finish on their own), then reap it."""

@@ -1,17 +1,20 @@
 """What the supervisor reads from its sandboxed child: capped output and the status pipe (stdlib only).
 
 Loaded by file path in the zygote, like ``_supervisor.py``. Everything the child writes is untrusted:
-stdout and stderr keep a head and a tail within the cap, and the status pipe's frames and file sizes
-are checked before anything is kept.
+stdout and stderr keep a head and a tail within the cap, and the status pipe's frames and sizes are
+checked before anything is kept.
 """
 
 from __future__ import annotations
 
+import codecs
+import collections
 import os
 from types import ModuleType
 from typing import Any
 
 READ_CHUNK = 65536
+MAX_STATUS_FRAME = 4 * 2**20
 
 
 class Capped:
@@ -50,89 +53,100 @@ class Capped:
         return head + tail
 
 
+class LiveText:
+    """Turns a stream's chunks into text for live events, up to a byte budget (split characters whole)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.sent = 0
+        self.cut = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def text(self, data: bytes) -> str:
+        """The text of ``data`` to send now ("" once the budget is spent)."""
+        if self.cut:
+            return ""
+        room = self.budget - self.sent
+        if len(data) > room:
+            data, self.cut = data[:room], True
+        self.sent += len(data)
+        return self._decoder.decode(data, final=self.cut)
+
+
 class StatusReader:
-    """Parses the child's status pipe: a ``ready`` frame, then a ``done`` frame and the files' bytes.
+    """Parses the child's status pipe: ``ready`` once, then ``done`` or ``snapshot`` frames and their bytes.
 
     Everything after ``ready`` is written by the child *after* the user's code ran in that same
-    process, so it is untrusted: sizes are capped and checked, and a violation ends the execution.
+    process, so it is untrusted: frame and blob sizes are capped and checked, any violation (a bad
+    frame, JSON nested too deeply, a wrong size) ends the execution with ``error`` set. Completed
+    items wait in ``items`` as ``(kind, frame, blobs)``.
     """
 
-    def __init__(self, wire: ModuleType, max_files: int, max_bytes: int) -> None:
-        self.wire = wire
+    def __init__(self, wire: ModuleType, max_files: int, max_bytes: int, max_snapshot: int = 0) -> None:
         self.max_files = max_files
         self.max_bytes = max_bytes
-        self.buf = bytearray()
+        self.max_snapshot = max_snapshot
+        self.buf = wire.FrameBuffer(MAX_STATUS_FRAME)
         self.ready: dict[str, Any] | None = None
-        self.done: dict[str, Any] | None = None
         self.error: str | None = None
-        self.blobs: list[bytes] = []
-        self.complete = False
+        self.items: collections.deque[tuple[str, dict[str, Any], list[bytes]]] = collections.deque()
+        self._pending: tuple[str, dict[str, Any], list[int], list[bytes]] | None = None
 
     def feed(self, data: bytes) -> None:
-        """Consume bytes; sets ``ready``, ``done``/``complete`` or ``error``."""
-        if self.complete or self.error:
+        """Consume bytes; completed frames land in ``items`` (or ``error`` is set)."""
+        if self.error is not None:
             return
-        self.buf += data
         try:
-            while not self.complete and not self.error:
-                if self.done is not None:
-                    self._blobs()
+            self.buf.feed_raw(data)
+            while True:
+                if self._pending is not None:
+                    kind, msg, sizes, got = self._pending
+                    while len(got) < len(sizes):
+                        blob = self.buf.take(sizes[len(got)])
+                        if blob is None:
+                            return
+                        got.append(blob)
+                    self.items.append((kind, msg, got))
+                    self._pending = None
+                msg = self.buf.next_frame()
+                if msg is None:
                     return
-                if len(self.buf) < 4:
-                    return
-                size = int.from_bytes(self.buf[:4], "big")
-                if size > 4 * 2**20:
-                    raise ValueError("oversized status frame")
-                if len(self.buf) < 4 + size:
-                    return
-                msg = self.wire.decode(bytes(self.buf[4 : 4 + size]))
-                del self.buf[: 4 + size]
                 self._frame(msg)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.error = f"invalid report from the sandbox ({exc})"
+            self.error = f"invalid report from the sandbox ({str(exc)[:200]})"
 
     def _frame(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "ready" and self.ready is None:
             self.ready = msg
-        elif op == "setup_error":
+        elif op == "setup_error" and self.ready is None:
             self.error = str(msg.get("error"))[:2000]
         elif op == "done" and self.ready is not None:
             files = msg.get("files")
             if not isinstance(files, list) or len(files) > self.max_files:
                 raise ValueError("bad file list")
-            total = 0
+            sizes = []
             for f in files:
-                if (
-                    not isinstance(f.get("filename"), str)
-                    or not isinstance(f.get("size"), int)
-                    or f["size"] < 0
-                ):
+                if not isinstance(f, dict) or not isinstance(f.get("filename"), str):
                     raise ValueError("bad file entry")
-                total += f["size"]
-            if total > self.max_bytes:
+                size = f.get("size")
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise ValueError("bad file entry")
+                sizes.append(size)
+            if sum(sizes) > self.max_bytes:
                 raise ValueError("files exceed the cap")
-            self.done = msg
-            self._blobs()
+            self._pending = ("done", msg, sizes, [])
+        elif op == "snapshot" and self.ready is not None:
+            size = msg.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= self.max_snapshot:
+                raise ValueError("snapshot size out of range")
+            self._pending = ("snapshot", msg, [size], [])
         else:
-            raise ValueError(f"unexpected {op!r}")
-
-    def _blobs(self) -> None:
-        assert self.done is not None
-        files = self.done["files"]
-        while len(self.blobs) < len(files):
-            size = files[len(self.blobs)]["size"]
-            if len(self.buf) < size:
-                return
-            self.blobs.append(bytes(self.buf[:size]))
-            del self.buf[:size]
-        self.complete = True
+            raise ValueError(f"unexpected {str(op)[:40]!r}")
 
 
-def read_into(
-    fd: int, outs: dict[int, Capped], status: StatusReader, poller: Any, open_fds: set[int]
-) -> None:
-    """Read one chunk from ``fd`` into its stream; at EOF unregister and close it."""
+def read_into(fd: int, poller: Any, open_fds: set[int]) -> bytes:
+    """Read one chunk from ``fd``; at EOF (b"") unregister and close it."""
     try:
         data = os.read(fd, READ_CHUNK)
     except BlockingIOError:
@@ -143,7 +157,4 @@ def read_into(
         poller.unregister(fd)
         open_fds.discard(fd)
         os.close(fd)
-    elif fd in outs:
-        outs[fd].add(data)
-    else:
-        status.feed(data)
+    return data

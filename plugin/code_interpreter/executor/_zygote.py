@@ -2,10 +2,13 @@
 
     <runtime python> -I _zygote.py <control fd>
 
-It never runs user code. It reads a ``config`` frame, loads the child-side packages by file path
-under private names (``code_interpreter/__init__`` is never executed: its dependencies are not in
-the runtime), builds the seccomp filter, preloads numpy/pandas/matplotlib, checks the sandbox with a
-probe execution, answers ``ready``, then forks one supervisor per ``run`` request.
+It never runs user code and never holds user data. It reads a ``config`` frame, loads the
+child-side packages by file path under private names (``code_interpreter/__init__`` is never
+executed: its dependencies are not in the runtime), builds the seccomp filter, preloads
+numpy/pandas/matplotlib, checks the sandbox with a probe execution, answers ``ready``, then keeps a
+pool of warm supervisors. A ``run`` request carries only an execution id and the fd of that
+execution's own socket, which the zygote hands to a warm supervisor unread: code, file names and
+results travel between the host and that supervisor, never through a process that forks later.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def _load_package(name: str, directory: str) -> ModuleType:
 
 wire = _load_file("_ci_wire", os.path.join(HERE, "_wire.py"))
 streams = _load_file("_ci_streams", os.path.join(HERE, "_streams.py"))
+watch = _load_file("_ci_watch", os.path.join(HERE, "_watch.py"))
+child = _load_file("_ci_child", os.path.join(HERE, "_child.py"))
 supervisor = _load_file("_ci_supervisor", os.path.join(HERE, "_supervisor.py"))
 
 
@@ -101,6 +106,7 @@ class Zygote:
         boot = _load_file("_ci_inside_bootstrap", os.path.join(PACKAGE, "inside", "_bootstrap.py"))
         inside = boot.load_inside_package(os.path.join(PACKAGE, "inside"))
         mode = config["mode"]
+        config["hidden"] = _host_site_packages()
         seccomp_filter = None
         if mode != "none" and config.get("pyseccomp"):
             pyseccomp = _load_file("_ci_pyseccomp", config["pyseccomp"])
@@ -108,30 +114,34 @@ class Zygote:
         bases: dict[str, str] = {}
         if mode == "strict":
             bases = sandbox.cgroups.create_base(os.getpid())
-        self.ctx = supervisor.Context(sandbox, inside, wire, streams, seccomp_filter, bases, config)
+        modules = {"sandbox": sandbox, "inside": inside, "wire": wire, "streams": streams, "watch": watch,
+                   "child": child}  # fmt: skip
+        self.ctx = supervisor.Context(modules, seccomp_filter, bases, config)
         self.pool_size = max(1, int(config.get("pool_size", 1)))
         preloaded = list(inside.preload(config.get("preload", [])))
         # Objects from the preload never change again: keep the collector off their pages so forked
         # children share them copy-on-write instead of dirtying them on the first collection.
         gc.collect()
         gc.freeze()
-        return {"preloaded": preloaded, "cgroups": sorted(bases), "seccomp": seccomp_filter is not None}
+        return {"preloaded": preloaded, "cgroups": sorted(bases), "seccomp": seccomp_filter is not None,
+                "hidden": config["hidden"]}  # fmt: skip
 
     def probe(self) -> dict[str, Any]:
         """Run one trivial execution through the full sandbox; its result says which layers hold."""
-        r, w = os.pipe()
-        self.dispatch(
-            {"id": "probe", "code": "pass", "timeout": self.ctx.config["max_timeout"], "files": []}, w
-        )
-        chunks = []
-        while True:
-            data = os.read(r, 65536)
-            if not data:
-                break
-            chunks.append(data)
-        os.close(r)
-        frames = wire.FrameBuffer().feed(b"".join(chunks))
-        return frames[0] if frames else {"status": "setup_error", "error": "probe supervisor died"}
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        start = {"op": "start", "kind": "oneshot", "code": "pass", "files": [],
+                 "timeout": self.ctx.config["max_timeout"]}  # fmt: skip
+        try:
+            self.dispatch("probe", theirs.detach())
+            wire.send(mine.fileno(), start)
+            while True:
+                frame = wire.read_frame(mine.fileno())
+                if frame.get("op") == "result":
+                    return frame
+        except (OSError, EOFError, ValueError) as exc:
+            return {"status": "setup_error", "error": f"probe supervisor died ({exc})"}
+        finally:
+            mine.close()
 
     # -- the pool of warm supervisors -------------------------------------------
     def fork_warm(self) -> None:
@@ -167,8 +177,8 @@ class Zygote:
         while len(self.pool) < self.pool_size:
             self.fork_warm()
 
-    def dispatch(self, req: dict[str, Any], result_fd: int) -> int:
-        """Hand ``req`` and the result pipe to the oldest warm supervisor; return its pid."""
+    def dispatch(self, exec_id: str, channel_fd: int) -> int:
+        """Hand the execution socket (unread) to the oldest warm supervisor; return its pid."""
         try:
             for _attempt in range(3):
                 if not self.pool:
@@ -176,10 +186,10 @@ class Zygote:
                 pid, sock, _name = self.pool.popleft()
                 try:
                     sock.sendmsg(
-                        [wire.encode(req)],
-                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [result_fd]))],
+                        [wire.encode({"op": "go"})],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel_fd]))],
                     )
-                    self.exec_ids[pid] = str(req["id"])
+                    self.exec_ids[pid] = exec_id
                     return pid
                 except OSError:
                     continue  # that warm supervisor died; take the next
@@ -187,7 +197,7 @@ class Zygote:
                     sock.close()
             raise OSError("no warm supervisor accepted the request")
         finally:
-            os.close(result_fd)
+            os.close(channel_fd)
 
     def reap(self) -> None:
         while self.children:
@@ -203,9 +213,10 @@ class Zygote:
                 self.pool.remove(entry)
                 entry[1].close()
             if name is not None and os.WIFSIGNALED(status):
-                # A supervisor killed before cleaning up leaves its cgroups behind.
+                # A supervisor killed before cleaning up leaves its cgroups behind, and maybe processes in
+                # them (its child dies of the parent-death signal; this is the second line).
                 for base in self.ctx.cgroup_bases.values():
-                    self.ctx.sandbox.cgroups.remove_tree(os.path.join(base, name))
+                    self.ctx.sandbox.cgroups.kill_and_remove(os.path.join(base, name))
             if exec_id is not None:
                 self.send({"op": "exited", "id": exec_id, "status": status})
 
@@ -213,10 +224,10 @@ class Zygote:
         op = msg.get("op")
         if op == "run":
             if not self.fds:
-                self.send({"op": "failed", "id": msg.get("id"), "error": "no result pipe received"})
+                self.send({"op": "failed", "id": msg.get("id"), "error": "no execution socket received"})
                 return
             try:
-                pid = self.dispatch(msg, self.fds.pop(0))
+                pid = self.dispatch(str(msg.get("id")), self.fds.pop(0))
             except OSError as exc:
                 self.send({"op": "failed", "id": msg.get("id"), "error": f"cannot start the sandbox: {exc}"})
                 return
@@ -258,6 +269,21 @@ class Zygote:
         # the base cgroup is removed when empty (else by the next zygote's sweep).
         for base in self.ctx.cgroup_bases.values() if self.ctx else ():
             self.ctx.sandbox.cgroups.remove_tree(base)
+
+
+def _host_site_packages() -> list[str]:
+    """The host's package directories the sandbox must not see: the base interpreter's site-packages and
+    the distribution's dist-packages (the runtime venv's own site-packages stays)."""
+    import glob
+    import site
+
+    found = set(site.getsitepackages([sys.base_prefix]))
+    patterns = ["/usr/lib/python3*/*-packages", "/usr/local/lib/python3*/*-packages"]
+    patterns.append(os.path.join(sys.base_prefix, "lib", "python3*", "*-packages"))
+    for pattern in patterns:
+        found.update(glob.glob(pattern))
+    own = os.path.realpath(sys.prefix) + os.sep
+    return sorted(p for p in found if os.path.isdir(p) and not (os.path.realpath(p) + os.sep).startswith(own))
 
 
 def main() -> int:

@@ -13,6 +13,9 @@ Interface (the executor codes against it):
 - ``run_user_code(code, files, work_dir) -> int``: in the sandboxed child; exit code 0 ok, 1 error,
   ``n & 0xFF`` for ``sys.exit(n)``. User code sees ``FILES``, ``load_file``, ``get_file_path``.
 - ``collect_generated(work_dir, exclude, max_files, max_bytes) -> (files, notes)``.
+- ``Session(work_dir)``: a live session's namespace (``run_cell``, ``changed``, ``snapshot``, ``restore``).
+
+Every submodule is imported here, eagerly: after ``pivot_root`` the child cannot read these files.
 """
 
 from __future__ import annotations
@@ -21,19 +24,25 @@ from ._bootstrap import load_inside_package
 from ._collect import collect_generated, file_type, guess_mime
 from ._figures import MAX_AUTO_FIGURES, configure_matplotlib, save_open_figures
 from ._loaders import PickleRefusedError, UnknownFileError, file_kind, make_file_helpers
-from ._run import preload, run_user_code
+from ._run import finish_threads, link_inputs, preload, run_user_code
+from ._session import Session
+from ._snapshot import FORMAT as SNAPSHOT_FORMAT
 from ._tracebacks import USER_FILENAME
 
 __all__ = [
     "MAX_AUTO_FIGURES",
+    "SNAPSHOT_FORMAT",
     "USER_FILENAME",
     "PickleRefusedError",
+    "Session",
     "UnknownFileError",
     "collect_generated",
     "configure_matplotlib",
     "file_kind",
     "file_type",
+    "finish_threads",
     "guess_mime",
+    "link_inputs",
     "load_inside_package",
     "make_file_helpers",
     "preload",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import importlib
 import importlib.util
@@ -9,6 +10,7 @@ import io
 import os
 import sys
 import threading
+import time
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +19,10 @@ from . import _figures
 from ._loaders import make_file_helpers
 from ._tracebacks import USER_FILENAME, compile_user_code, print_user_exception, register_source
 
-__all__ = ["preload", "run_user_code"]
+__all__ = ["THREAD_GRACE_S", "finish_threads", "link_inputs", "preload", "run_user_code"]
+
+#: At the end of a one-shot execution, non-daemon threads get this long to finish before they are stopped.
+THREAD_GRACE_S = 5.0
 
 
 def _installed(name: str) -> bool:
@@ -113,12 +118,64 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
-def _join_threads() -> None:
-    """Wait for non-daemon threads the code started, as the interpreter does at exit."""
+def finish_threads(grace: float = THREAD_GRACE_S) -> None:
+    """End the code's threads as the interpreter does at exit, but never wait forever.
+
+    First threading's exit hooks (``concurrent.futures`` and loky, which joblib and scikit-learn's
+    ``n_jobs`` use, shut their executors down there: their manager threads are not daemons), then up
+    to ``grace`` seconds for the remaining non-daemon threads; those still running are named on stderr
+    and stopped with the process. Then the ``atexit`` functions the code registered.
+    """
+    for hook in reversed(list(getattr(threading, "_threading_atexits", ()))):
+        try:
+            hook()
+        except Exception:
+            pass
     current = threading.current_thread()
+    deadline = time.monotonic() + grace
     for thread in threading.enumerate():
         if thread is not current and not thread.daemon and thread.is_alive():
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
+    if left:
+        stream = sys.stderr or sys.__stderr__
+        if stream is not None:
+            stream.write(
+                f"Note: {len(left)} thread(s) were still running {grace:g} s after the code ended and "
+                f"were stopped: {', '.join(left[:5])}. Join threads (or shut executors down) first.\n"
+            )
+    try:
+        atexit._run_exitfuncs()
+    except Exception:
+        pass
+
+
+def link_inputs(files: dict[str, dict[str, Any]], work_dir: str) -> list[str]:
+    """Show each input file in the work dir under its own name (a symlink to its read-only path).
+
+    An existing entry of that name (a file the code wrote in an earlier cell) is never replaced;
+    a note says where the input is instead.
+    """
+    notes: list[str] = []
+    for file_id, info in files.items():
+        name = str(info.get("name") or "")
+        if not name or "/" in name or name in (".", ".."):
+            continue
+        target = os.path.join(work_dir, name)
+        path = str(info["path"])
+        try:
+            os.symlink(path, target)
+        except FileExistsError:
+            if not (os.path.islink(target) and os.readlink(target) == path):
+                notes.append(
+                    f"the upload {name!r} is not in the working directory under that name (a file of that "
+                    f"name exists there); open it with load_file({file_id!r}) or FILES[{file_id!r}]"
+                )
+        except OSError as exc:
+            notes.append(
+                f"the upload {name!r} could not be linked into the working directory ({exc.strerror})"
+            )
+    return notes
 
 
 def _flush() -> None:
@@ -130,14 +187,21 @@ def _flush() -> None:
             pass
 
 
-def run_user_code(code: str, files: dict[str, dict[str, Any]], work_dir: str) -> int:
+def run_user_code(code: str, files: dict[str, dict[str, Any]], work_dir: str, *, links: bool = False) -> int:
     """Run ``code`` as ``__main__`` with FILES/load_file/get_file_path; return the exit code (0 ok, 1 error).
 
     Called in the sandboxed child (cwd == work_dir). Errors in the user's code never raise out of here:
     they are printed to stderr as a traceback of the user's ``<code>`` lines (SyntaxError with its
-    caret); ``sys.exit(n)`` gives exit code ``n & 0xFF``. Afterwards, on success or failure, open
-    matplotlib figures are saved as ``figure_N.png`` in ``work_dir`` and stdout/stderr are flushed.
+    caret); ``sys.exit(n)`` gives exit code ``n & 0xFF``. With ``links``, each input also appears in
+    ``work_dir`` under its ``name``. Afterwards, on success or failure, the code's threads are ended
+    (:func:`finish_threads`), open matplotlib figures are saved as ``figure_N.png`` in ``work_dir``
+    and stdout/stderr are flushed.
     """
+    # Exit functions of the zygote's own imports are not the code's: only those it registers run at its end.
+    atexit._clear()
+    if links:
+        for note in link_inputs(files, work_dir):
+            (sys.stderr or sys.__stderr__ or io.StringIO()).write(f"Note: {note}\n")
     namespace = _fresh_main(files, work_dir)
     _figures.configure_matplotlib()
     register_source(code)
@@ -150,7 +214,7 @@ def run_user_code(code: str, files: dict[str, dict[str, Any]], work_dir: str) ->
             try:
                 exec(compiled, namespace)
             finally:
-                _join_threads()
+                finish_threads()
     except SystemExit as exc:
         status = _exit_status(exc)
     except BaseException as exc:

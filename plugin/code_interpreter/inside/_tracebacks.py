@@ -18,10 +18,10 @@ USER_FILENAME = "<code>"
 _HELPER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def register_source(code: str) -> None:
+def register_source(code: str, filename: str = USER_FILENAME) -> None:
     """Make the user's source visible to linecache so traceback, warnings and inspect show its lines."""
     # mtime None marks the entry as not backed by a file: linecache.checkcache never evicts it.
-    linecache.cache[USER_FILENAME] = (len(code), None, code.splitlines(keepends=True), USER_FILENAME)
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
 
 
 def _error_stream() -> TextIO:
@@ -32,7 +32,7 @@ def _error_stream() -> TextIO:
     return stream if stream is not None else io.StringIO()
 
 
-def compile_user_code(code: str) -> CodeType | None:
+def compile_user_code(code: str, filename: str = USER_FILENAME) -> CodeType | None:
     """Compile ``code`` as ``<code>``; on a syntax error print it (line and caret) and return None."""
     if "\0" in code:
         # Checked first: depending on the Python version compile() raises ValueError or a SyntaxError
@@ -41,7 +41,7 @@ def compile_user_code(code: str) -> CodeType | None:
         _error_stream().write(f"SyntaxError: source code cannot contain null bytes (line {line})\n")
         return None
     try:
-        return compile(code, USER_FILENAME, "exec", dont_inherit=True)
+        return compile(code, filename, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as exc:
         print_user_exception(exc)
     return None

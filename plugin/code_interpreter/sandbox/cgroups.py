@@ -97,6 +97,34 @@ def remove_tree(path: str) -> bool:
     return ok
 
 
+def kill_and_remove(path: str, wait_s: float = 2.0) -> bool:
+    """SIGKILL every process left in a cgroup tree, wait until it is empty, then remove it."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = _procs(path)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if not pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return remove_tree(path)
+
+
+def _procs(path: str) -> list[int]:
+    pids: list[int] = []
+    for dirpath, _dirs, _files in os.walk(path):
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs")) as fh:
+                pids.extend(int(line) for line in fh if line.strip())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 class ExecCgroup:
     """The cgroups of one execution: created by the supervisor, joined by the child before the uid drop."""
 

@@ -34,6 +34,21 @@ def drop_privileges(uid: int, gid: int) -> None:
         raise OSError("privilege drop did not take effect")
 
 
+def drop_capabilities() -> None:
+    """Empty the bounding set and every capability set while keeping the uid (``namespaces`` mode).
+
+    In a user namespace the child is uid 0 of that namespace with every capability *in it*: enough to
+    remount its own view read-write or unmount the input binds. No uid can be switched to there (only
+    one id is mapped), so the capabilities are dropped explicitly instead.
+    """
+    for cap in range(_cap_last() + 1):
+        with contextlib.suppress(OSError):
+            c.prctl(c.PR_CAPBSET_DROP, cap)
+    c.clear_capabilities()
+    if any(c.capabilities()):
+        raise OSError("capabilities are still held after dropping them")
+
+
 def set_no_new_privs() -> None:
     """prctl(PR_SET_NO_NEW_PRIVS): execve can never grant privileges (setuid bits, file caps)."""
     c.prctl(c.PR_SET_NO_NEW_PRIVS, 1)

@@ -4,6 +4,16 @@ Built by the per-execution supervisor right after it unshared a mount namespace,
 :func:`make_private` (first, so no mount ever propagates to the host), :func:`build_root` (the tree
 under a host directory that only this namespace sees mounted), then in the child :func:`enter_root`
 (its own mount namespace copy, a fresh ``/proc``, ``pivot_root`` and detaching the host's tree).
+Input files arrive later (:func:`add_inputs`): each is bound and made read-only in a private
+staging tmpfs, then *moved* into the shared inputs tmpfs, so the copy that propagates into the
+child's namespace is read-only from its first instant (a remount after a propagated bind would
+change only the supervisor's copy).
+
+Every mount carries the flags it promises: the root, the system dirs, the runtime and the inputs are
+``ro,nosuid,nodev`` (inputs and the root also ``noexec``); the work dir, ``/tmp`` and ``/dev/shm``
+are writable but ``nosuid,nodev,noexec``. The base interpreter's own ``site-packages`` (and the
+distribution's ``dist-packages``) are covered by empty read-only tmpfs mounts: the sandbox sees
+the standard library and the runtime venv, nothing else the host installed.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ ETC_FILES = (
 )
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 _RO_FLAGS = c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV
+_SCRATCH_FLAGS = c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC
+_INPUT_FLAGS = _RO_FLAGS | c.MS_NOEXEC
 # statvfs bits that, once set on a mount, must be kept when remounting it (locked in user namespaces).
 _ST_KEEP = {os.ST_NOEXEC: c.MS_NOEXEC, os.ST_NOATIME: c.MS_NOATIME, os.ST_NODIRATIME: c.MS_NODIRATIME}
 
@@ -59,16 +71,16 @@ def _touch(root: str, path: str) -> str:
     return target
 
 
-def bind_readonly(source: str, target: str) -> None:
-    """Bind ``source`` at ``target`` (not recursive) and remount it read-only, nosuid, nodev."""
+def bind_readonly(source: str, target: str, flags: int = _RO_FLAGS) -> None:
+    """Bind ``source`` at ``target`` (not recursive) and remount it read-only, nosuid, nodev (+ ``flags``)."""
     c.mount(source, target, None, c.MS_BIND)
     extra = 0
     try:
-        flags = os.statvfs(target).f_flag
-        extra = sum(bit for st, bit in _ST_KEEP.items() if flags & st)
+        st_flags = os.statvfs(target).f_flag
+        extra = sum(bit for st, bit in _ST_KEEP.items() if st_flags & st)
     except OSError:
         pass
-    c.mount(None, target, None, c.MS_BIND | c.MS_REMOUNT | _RO_FLAGS | extra)
+    c.mount(None, target, None, c.MS_BIND | c.MS_REMOUNT | _RO_FLAGS | flags | extra)
 
 
 def _bind_host_path(root: str, path: str) -> None:
@@ -97,13 +109,17 @@ def build_root(
     gid: int,
     work_mb: int,
     tmp_mb: int,
+    hidden: Sequence[str] = (),
+    stage: str | None = None,
     hostname: str = "sandbox",
 ) -> None:
     """Mount a fresh tmpfs at ``root`` and populate it; call after :func:`make_private`.
 
     ``readonly_paths`` are host paths bound read-only at the same path (the runtime venv and its base
-    interpreter); the work dir and ``/tmp`` are size-limited tmpfs (the work dir owned by ``uid``/``gid``);
-    inputs are added later with :func:`add_inputs`.
+    interpreter); ``hidden`` are directories inside them covered by an empty read-only tmpfs (the
+    base interpreter's site-packages); the work dir and ``/tmp`` are size-limited tmpfs (the work dir
+    owned by ``uid``/``gid``); inputs are added later with :func:`add_inputs`, through ``stage`` (a
+    host directory on which a private tmpfs is mounted here).
     """
     for path in readonly_paths:
         if _covered(path, (WORK_DIR, INPUTS_DIR)):
@@ -116,8 +132,8 @@ def build_root(
             done.append(os.path.realpath(path))
     owner = f"uid={uid},gid={gid}"
     work = _mkdirs(root, WORK_DIR)
-    c.mount("tmpfs", work, "tmpfs", c.MS_NOSUID | c.MS_NODEV, f"size={work_mb}m,mode=0700,{owner}")
-    c.mount("tmpfs", _mkdirs(root, TMP_DIR), "tmpfs", c.MS_NOSUID | c.MS_NODEV, f"size={tmp_mb}m,mode=1777")
+    c.mount("tmpfs", work, "tmpfs", _SCRATCH_FLAGS, f"size={work_mb}m,mode=0700,{owner}")
+    c.mount("tmpfs", _mkdirs(root, TMP_DIR), "tmpfs", _SCRATCH_FLAGS, f"size={tmp_mb}m,mode=1777")
     _build_dev(root)
     _mkdirs(root, PROC_DIR)
     # After /tmp: a runtime that lives under the host's /tmp (test builds) is bound inside the new tmpfs.
@@ -126,6 +142,10 @@ def build_root(
         if not _covered(path, done) and os.path.exists(path):
             _bind_host_path(root, path)
             done.append(path)
+    for path in hidden:
+        target = os.path.join(root, os.path.normpath(path).lstrip("/"))
+        if os.path.isdir(target) and not os.path.islink(target):
+            c.mount("tmpfs", target, "tmpfs", _INPUT_FLAGS, "size=4k,nr_inodes=16,mode=0755")
     for path in ETC_FILES:
         if os.path.isfile(path):
             _bind_host_path(root, path)
@@ -142,16 +162,31 @@ def build_root(
     # Inputs arrive after the child entered its own mount namespace: a shared tmpfs (its peer group
     # holds only this namespace and the child's copy) carries the supervisor's later binds into it.
     inputs_dir = _mkdirs(root, INPUTS_DIR)
-    c.mount("tmpfs", inputs_dir, "tmpfs", c.MS_NOSUID | c.MS_NODEV, "size=1m,nr_inodes=1024,mode=0755")
+    c.mount("tmpfs", inputs_dir, "tmpfs", _SCRATCH_FLAGS, "size=1m,nr_inodes=1024,mode=0755")
     c.mount(None, inputs_dir, None, c.MS_SHARED)
+    if stage is not None:
+        c.mount("tmpfs", stage, "tmpfs", _SCRATCH_FLAGS, "size=1m,nr_inodes=1024,mode=0700")
 
 
-def add_inputs(root: str, inputs: Sequence[tuple[str, str]]) -> None:
-    """Bind each (host file, path inside) read-only under the shared inputs tmpfs; the child sees them."""
-    for host_file, inside in inputs:
+def add_inputs(root: str, stage: str, inputs: Sequence[tuple[str, str]]) -> None:
+    """Show each (host file, path inside) read-only under the shared inputs tmpfs; the child sees them.
+
+    Bound and remounted read-only in the private ``stage`` first, then moved into place: the copy
+    the child's namespace receives is a copy of a read-only mount.
+    """
+    for index, (host_file, inside) in enumerate(inputs):
         if not _covered(inside, (INPUTS_DIR,)):
             raise ValueError(f"input path {inside} is not under {INPUTS_DIR}")
-        bind_readonly(host_file, _touch(root, inside))
+        target = _touch(root, inside)
+        if os.path.ismount(target):
+            continue  # already shown (a later cell of a session names the same file again)
+        staged = os.path.join(stage, f"in-{os.getpid()}-{index}")
+        os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444))
+        try:
+            bind_readonly(host_file, staged, _INPUT_FLAGS)
+            c.mount(staged, target, None, c.MS_MOVE)
+        finally:
+            os.unlink(staged)
 
 
 def _write(directory: str, name: str, text: str) -> None:
@@ -170,7 +205,7 @@ def _build_dev(root: str) -> None:
             target = _touch(root, host)
             c.mount(host, target, None, c.MS_BIND)
             c.mount(None, target, None, c.MS_BIND | c.MS_REMOUNT | c.MS_NOSUID | c.MS_NOEXEC)
-    c.mount("tmpfs", _mkdirs(root, "/dev/shm"), "tmpfs", c.MS_NOSUID | c.MS_NODEV, "size=64m,mode=1777")
+    c.mount("tmpfs", _mkdirs(root, "/dev/shm"), "tmpfs", _SCRATCH_FLAGS, "size=64m,mode=1777")
     for name, target in (
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -184,9 +219,12 @@ def enter_root(root: str) -> None:
     """In the child (pid 1 of its PID namespace): own mount namespace, /proc, pivot_root, read-only root."""
     c.unshare(c.CLONE_NEWNS)
     c.mount("proc", os.path.join(root, PROC_DIR.lstrip("/")), "proc", c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC)
+    # This namespace's copy of the inputs tmpfs is read-only; binds propagated into it keep their own flags.
+    inputs = os.path.join(root, INPUTS_DIR.lstrip("/"))
+    c.mount(None, inputs, None, c.MS_BIND | c.MS_REMOUNT | _INPUT_FLAGS)
     os.chdir(root)
     c.pivot_root(".", ".")
     # The old root is stacked under the new one: detaching "." drops the whole host tree from this view.
     c.umount2(".", c.MNT_DETACH)
     os.chdir("/")
-    c.mount(None, "/", None, c.MS_BIND | c.MS_REMOUNT | c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV)
+    c.mount(None, "/", None, c.MS_BIND | c.MS_REMOUNT | _INPUT_FLAGS)
