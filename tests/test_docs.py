@@ -63,6 +63,13 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
+def python_block(marker: str) -> str:
+    """The README's one ```python block containing ``marker``."""
+    found = [b for b in python_blocks() if marker in b]
+    assert len(found) == 1, f"{len(found)} README python blocks contain {marker!r}"
+    return found[0]
+
+
 def test_settings_table_matches_the_code() -> None:
     text = README.read_text()
     assert readme_with_table(text) == text, "README settings table is stale: run `python tests/test_docs.py`"
@@ -104,9 +111,15 @@ def example_env(tmp_path: Path, mongo_uri: str, db_name: str, sandbox_runtime: A
 
 
 def test_python_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
-    proc = _run_block(python_blocks()[0], example_env, tmp_path)
+    proc = _run_block(python_block("load_file({saved['file_id']!r})"), example_env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "True 8"
+
+
+def test_sessions_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
+    proc = _run_block(python_block('session_id="chan-7"'), example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "(2, 2) {'id': 'chan-7', 'state': 'live', 'cell': 2}"
 
 
 def test_openai_example_runs_against_a_scripted_server(example_env: dict[str, str], tmp_path: Path) -> None:
@@ -122,7 +135,7 @@ def test_openai_example_runs_against_a_scripted_server(example_env: dict[str, st
     script = [completion(None, [tool_call("execute_python_code", {"code": code})]), answer]
     with ScriptedOpenAI(script) as server:
         env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
-        proc = _run_block(python_blocks()[1], env, tmp_path)
+        proc = _run_block(python_block('"gpt-4o-mini",\n            [{"role": "user"'), env, tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert len(server.requests) == 2
         assert server.requests[0]["tools"][0]["function"]["name"] == "execute_python_code"

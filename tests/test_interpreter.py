@@ -36,7 +36,7 @@ async def interp(
         database=f"ci_test_{uuid.uuid4().hex[:12]}",
         runtime_dir=sandbox_runtime.root,
     )
-    assert settings.isolation == "strict" and settings.policy == "default"
+    assert settings.isolation == "auto" and settings.policy == "default"
     interpreter = await started(settings)
     yield interpreter
     await close_and_drop(interpreter)

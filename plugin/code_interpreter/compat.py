@@ -97,10 +97,14 @@ async def execute_code(
     install_packages: Sequence[str] | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - the seed's contract: a per-call wall-clock limit
     db_handler: Any = None,
+    session_id: str | None = None,
 ) -> dict[str, Any]:
-    """Run code in the sandbox for a user (the seed's ``execute_code``); see CodeInterpreter.execute."""
+    """Run code in the sandbox for a user (the seed's ``execute_code``); see CodeInterpreter.execute.
+
+    ``session_id`` (a conversation id from the host) keeps state between calls; None runs one-shot.
+    """
     interp = await default_interpreter(db_handler)
-    return await interp.execute(code, user_id, user_files, install_packages, timeout)
+    return await interp.execute(code, user_id, user_files, install_packages, timeout, session_id=session_id)
 
 
 async def upload_file(

@@ -2,14 +2,8 @@
 
 One tool call flows through :meth:`CodeInterpreter.execute`:
 validate → policy (a courtesy for the model) → packages (install approved imports) →
-pin the user's files → executor (the OS sandbox is the wall) → store generated files.
-
-Pinning. The sandbox sees a user file through a read-only bind of a host path. The FileManager's
-cache copy (``home/cache/<file_id>/``) may be removed at any moment by ``cleanup_expired_files`` once
-the file expires, also while an execution that started with it is queued or running. So each
-execution gets hard links of its files under ``home/pins/<execution>/`` — cleanup never looks
-there, and a hard link keeps the bytes even after the cache name is gone — removed when the
-execution ends (a crashed host's leftovers are swept at the next start).
+pin the user's files (``files/pins.py``) → the executor (the OS sandbox is the wall): a fresh child
+for a one-shot call, or the user's live session (``executor/sessions.py``) → store generated files.
 """
 
 from __future__ import annotations
@@ -21,15 +15,16 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from .errors import CodeInterpreterError, PackageError, StorageUnavailable
-from .executor import Executor, FileRef
+from .executor import EventCallback, ExecutionEvent, Executor, emit, resolve_isolation
+from .executor.sessions import MAX_SESSION_ID, SessionManager
 from .files import FileManager
+from .files.pins import PINS_DIR, STALE_PIN_MARGIN_S, pin_files, sweep_stale_pins
 from .packages import PackageManager, ProgressCallback
 from .policy import check_code, policy_message
 from .settings import Settings
@@ -39,10 +34,6 @@ from .tokens import TokenCounter, UsageStore
 __all__ = ["CodeInterpreter"]
 
 log = logging.getLogger(__name__)
-
-PINS_DIR = "pins"
-# Pin dirs older than the longest execution plus this margin belong to no running execution.
-STALE_PIN_MARGIN_S = 600.0
 
 
 def _failure(
@@ -92,6 +83,10 @@ class CodeInterpreter:
         self._start_lock = asyncio.Lock()
         self._executor_lock = asyncio.Lock()
         self._started = False
+        self.isolation = resolve_isolation(self.settings.isolation)
+        """(mode, reason): the sandbox this host gives, resolved from ``settings.isolation``."""
+        self.sessions = SessionManager(self.settings, None, self.executor)
+        """Live sessions (``list``, ``reset``, ``close``); saved to the file store once started."""
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> CodeInterpreter:
@@ -102,10 +97,11 @@ class CodeInterpreter:
             db = await self._storage.start()
             self._files = FileManager(db, self.settings)
             await self._files.ensure_indexes()
+            self.sessions.store = self._files.snapshots
             self._usage = UsageStore(db, daily_budget_usd=self.settings.daily_budget_usd)
             await self._usage.ensure_indexes()
             await asyncio.to_thread(
-                _sweep_stale_pins,
+                sweep_stale_pins,
                 self.settings.home / PINS_DIR,
                 self.settings.max_timeout + STALE_PIN_MARGIN_S,
             )
@@ -115,8 +111,9 @@ class CodeInterpreter:
             return self
 
     async def close(self) -> None:
-        """Stop the executor and the cleanup task, close the database connection."""
+        """Save and stop live sessions, stop the executor and the cleanup task, close the database."""
         if self._executor is not None:
+            await self.sessions.close_all()
             await self._executor.close()
             self._executor = None
         if self._files is not None:
@@ -177,25 +174,35 @@ class CodeInterpreter:
         user_files: Sequence[str | dict[str, Any]] | None = None,
         install_packages: Sequence[str] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the seed's contract: a per-call wall-clock limit
+        *,
+        session_id: str | None = None,
+        on_event: EventCallback | None = None,
     ) -> dict[str, Any]:
         """Run ``code`` for ``user_id`` in the sandbox and return the seed's result dict.
 
         Args:
             code: Python source written by the model.
             user_id: the trusted user id (from the host application, never from the model).
-            user_files: file ids (or the seed's file dicts with ``file_id``) the code may read.
+            user_files: file ids (or the seed's file dicts with ``file_id``) the code may read; they
+                appear read-only in the working directory under their own names, and in ``FILES``.
             install_packages: extra approved packages to install before running.
             timeout: wall-clock seconds, clamped to ``settings.max_timeout``.
+            session_id: None runs the code in a fresh process (nothing persists). A session id (trusted,
+                from the host: a channel or conversation id) runs it in that user's live session, like a
+                notebook cell: variables, imports and files persist, and a saved session is restored.
+            on_event: called with each :class:`~code_interpreter.executor.ExecutionEvent` as it
+                happens: ``stdout``/``stderr`` chunks, each stored ``file``, then ``done``.
 
         Returns:
             ``{success, output, error, execution_time, return_code, generated_files, stderr, truncated,
-            isolation, notes}``; ``generated_files`` items carry
-            ``filename, data, type, mime, size, file_id``.
+            isolation, notes, session}``; ``generated_files`` items carry
+            ``filename, data, type, mime, size, file_id``; ``session`` is ``{"id", "state", "cell"}``
+            (state ``new``, ``live``, ``restored`` or ``restarted``), None for a one-shot call.
             Errors in the user's code, refusals and sandbox failures are results, not exceptions.
         """
         started = time.perf_counter()
         await self.start()
-        isolation = self.settings.isolation
+        isolation = self.isolation[0]
         if not isinstance(code, str):
             return _failure(
                 f"code must be a string of Python source, got {type(code).__name__}", isolation=isolation
@@ -212,6 +219,14 @@ class CodeInterpreter:
             )
         if not code.strip():
             return _failure("code is empty: send the Python source to run", isolation=isolation)
+        if session_id is not None and (
+            not isinstance(session_id, str) or not session_id or len(session_id) > MAX_SESSION_ID
+        ):
+            return _failure(
+                f"session_id must be a non-empty string of at most {MAX_SESSION_ID} characters "
+                f"(a conversation or channel id), got {session_id!r:.80}; pass None for a one-shot call",
+                isolation=isolation,
+            )
         effective_timeout, timeout_note = self.settings.clamp_timeout(timeout)
         notes = [timeout_note] if timeout_note else []
 
@@ -235,16 +250,25 @@ class CodeInterpreter:
         notes.extend(prepared.notes)
 
         pin_dir = self.settings.home / PINS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        # Without a sandbox (isolation "none") a session reads its inputs at their pinned host paths.
+        keep_pins = session_id is not None and isolation == "none"
         try:
-            refs = await self._pin_files(user_files or (), user_id, pin_dir)
+            refs = await pin_files(self.files, user_files or (), user_id, pin_dir)
             if isinstance(refs, str):
                 return _failure(refs, notes=notes, isolation=isolation, started=started)
-            executor = await self.executor()
-            result = await executor.execute(code, user_id=str(user_id), files=refs, timeout=effective_timeout)
+            if session_id is None:
+                executor = await self.executor()
+                result = await executor.execute(
+                    code, user_id=str(user_id), files=refs, timeout=effective_timeout, on_event=on_event
+                )
+            else:
+                result = await self.sessions.run_cell(
+                    str(user_id), session_id, code, refs, effective_timeout, on_event
+                )
         except CodeInterpreterError as exc:  # storage down, corrupt bytes, no sandbox: a result, not a raise
             return _failure(str(exc), notes=notes, isolation=isolation, started=started)
         finally:
-            if user_files:
+            if user_files and not keep_pins:
                 await asyncio.to_thread(shutil.rmtree, pin_dir, True)
 
         out = result.to_dict()
@@ -254,43 +278,13 @@ class CodeInterpreter:
             generated["file_id"] = saved.get("file_id") if saved.get("success") else None
             if not saved.get("success"):
                 out["notes"].append(f"{generated['filename']} was not stored: {saved.get('error')}")
+            elif on_event is not None:
+                event = ExecutionEvent("file", filename=generated["filename"], file_id=generated["file_id"],
+                                       mime=generated["mime"])  # fmt: skip
+                await emit(on_event, event)
+        if on_event is not None:
+            await emit(on_event, ExecutionEvent("done", success=bool(out["success"])))
         return out
-
-    async def _pin_files(
-        self, user_files: Sequence[str | dict[str, Any]], user_id: int | str, pin_dir: Path
-    ) -> list[FileRef] | str:
-        """Hard-link each visible file of the user under ``pin_dir``; an error message if one is not found."""
-        refs: list[FileRef] = []
-        seen: set[str] = set()
-        for item in user_files:
-            file_id = item.get("file_id") if isinstance(item, dict) else item
-            if not isinstance(file_id, str) or not file_id:
-                return f"user_files entries must be file id strings, got {item!r}"
-            if file_id in seen:
-                continue
-            seen.add(file_id)
-            meta = await self.files.get_file(file_id, user_id)
-            pinned: Path | None = None
-            # Two tries: a cleanup may remove the cache copy between materialize and the link.
-            for _ in range(2):
-                if meta is None:
-                    break
-                path = await self.files.materialize(file_id, user_id)
-                if path is None:
-                    break
-                pinned = await asyncio.to_thread(_pin, path, pin_dir / file_id)
-                if pinned is not None:
-                    break
-            if meta is None or pinned is None:
-                # The same words whether the id is unknown, expired or another user's: no existence leak.
-                return (
-                    f"File '{file_id}' was not found, has expired, or is not yours. "
-                    "Ask the user to upload it again and use the new file id"
-                )
-            refs.append(
-                FileRef(file_id=file_id, path=pinned, filename=meta["filename"], file_type=meta["file_type"])
-            )
-        return refs
 
     async def status(self, *, start_sandbox: bool = True) -> dict[str, Any]:
         """What is running and how: storage, isolation mode and layers, runtime and packages.
@@ -324,7 +318,9 @@ class CodeInterpreter:
         return {
             **self.packages.status(),
             "storage": storage,
-            "isolation": self.settings.isolation,
+            "isolation": self.isolation[0],
+            "isolation_reason": self.isolation[1],
+            "sessions": self.sessions.status(),
             "layers": executor_status.get("layers"),
             "executor": executor_status,
             "policy": self.settings.policy,
@@ -339,37 +335,3 @@ def _invalid_character(code: str, exc: UnicodeEncodeError) -> str:
         f"code contains an invalid character (lone surrogate U+{ord(code[exc.start]):04X}) at line "
         f"{line}: send plain UTF-8 text, e.g. write the character as an escape like '\\u00e9'"
     )
-
-
-def _pin(path: Path, dest_dir: Path) -> Path | None:
-    """Hard-link (or copy, across filesystems) ``path`` into ``dest_dir``; None if ``path`` vanished."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    for d in (dest_dir.parent, dest_dir):
-        d.chmod(0o755)  # traversable by the sandbox uid (mode "none" reads the host path directly)
-    dest = dest_dir / path.name
-    try:
-        os.link(path, dest)
-    except FileNotFoundError:
-        return None
-    except OSError:  # another filesystem, or hard links not allowed here: a copy pins as well
-        try:
-            shutil.copyfile(path, dest)
-        except FileNotFoundError:
-            return None
-        dest.chmod(0o444)
-    return dest
-
-
-def _sweep_stale_pins(root: Path, older_than_s: float) -> None:
-    """Remove pin dirs left by a host that died mid-execution (older than any execution can be)."""
-    cutoff = time.time() - older_than_s
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                shutil.rmtree(entry.path, ignore_errors=True)
-        except OSError:
-            continue

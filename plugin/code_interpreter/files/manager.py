@@ -42,6 +42,7 @@ from . import cache
 from .blobs import CODEC, BlobStore, BlobTooLarge
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
+from .snapshots import SnapshotStore
 
 __all__ = ["BUCKET", "COLLECTION", "FileManager"]
 
@@ -79,6 +80,8 @@ class FileManager:
         # without it SecantusDB loses the last acknowledged writes on kill -9).
         self._meta_ack = self.meta.with_options(write_concern=_journaled(self.meta.write_concern))
         self.blobs = BlobStore(db, BUCKET, self._retry)
+        self.snapshots = SnapshotStore(db, settings, self._retry, self._now)
+        """Saved sessions (same database and expiry rules)."""
         self.cache_dir = settings.home / "cache"
         self.cleanup_batch = max(1, cleanup_batch)
         self._indexed = False
@@ -93,6 +96,7 @@ class FileManager:
         await self._retry(lambda: self.meta.create_index("file_id", unique=True), "create index")
         await self._retry(lambda: self.meta.create_index("expires_at"), "create index")
         await self.blobs.ensure_indexes()
+        await self.snapshots.ensure_indexes()
         self._indexed = True
 
     # -- upload ----------------------------------------------------------------
@@ -238,11 +242,12 @@ class FileManager:
         Idempotent and safe to run from several processes at once: each batch is deleted with
         ``delete_many`` (a document another cleaner took is simply not counted) and blob deletes
         of already-deleted blobs are no-ops. Local cache copies of files deleted elsewhere are
-        swept too.
+        swept too, and expired saved sessions are deleted (they are not counted).
         """
         now = self._now()
         count = await self._delete_where({"expires_at": {"$lte": now}})
         await self._sweep_cache(now)
+        await self.snapshots.cleanup_expired()
         return count
 
     def start_cleanup_task(self, interval_s: float = 3600) -> asyncio.Task[None]:

@@ -10,13 +10,15 @@ their limits come from the host's :class:`ToolContext`, never from the model's a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError
+from ..executor import EventCallback, ExecutionEvent
 from .render import image_parts, render_content, supports_vision
 from .schema import EXECUTE_TOOL, SCHEMA_NAMES, tool_definitions, validate_arguments
 
@@ -36,6 +38,8 @@ class ToolContext:
 
     user_id: int | str
     """The user the code runs for; their files and quotas apply."""
+    session_id: str | None = None
+    """The conversation (or channel) whose calls share one live session; None: each call starts fresh."""
     allowed_file_ids: frozenset[str] | None = None
     """File ids the code may read; None means all of the user's unexpired files."""
     max_timeout: int | None = None
@@ -62,6 +66,7 @@ class ToolContext:
         """Plain-data view."""
         return {
             "user_id": self.user_id,
+            "session_id": self.session_id,
             "allowed_file_ids": None if self.allowed_file_ids is None else sorted(self.allowed_file_ids),
             "max_timeout": self.max_timeout,
             "allow_install": self.allow_install,
@@ -161,17 +166,23 @@ class ToolDispatcher:
         """The tools to send to the model (see :func:`tool_definitions`)."""
         return tool_definitions(api)  # type: ignore[arg-type]
 
-    async def dispatch_all(self, tool_calls: Iterable[Any], context: ToolContext) -> list[ToolResult]:
+    async def dispatch_all(
+        self, tool_calls: Iterable[Any], context: ToolContext, *, on_event: EventCallback | None = None
+    ) -> list[ToolResult]:
         """Run several tool calls concurrently; results come back in the calls' order."""
-        return list(await asyncio.gather(*(self.dispatch(c, context) for c in tool_calls)))
+        return list(await asyncio.gather(*(self.dispatch(c, context, on_event=on_event) for c in tool_calls)))
 
-    async def dispatch(self, tool_call: Any, context: ToolContext) -> ToolResult:
+    async def dispatch(
+        self, tool_call: Any, context: ToolContext, *, on_event: EventCallback | None = None
+    ) -> ToolResult:
         """Run one tool call and return its result; problems become results the model can act on.
 
         Args:
             tool_call: an openai SDK tool call (or its dict), a Responses ``function_call`` item,
                 or a LangChain ``ToolCall``.
             context: the trusted user context from the host application.
+            on_event: receives the execution's live events (output chunks, stored files, done), each
+                with ``call_id`` set to this tool call's id.
         """
         parsed = _parse_call(tool_call)
         if isinstance(parsed, str):
@@ -185,7 +196,7 @@ class ToolDispatcher:
                 f"{EXECUTE_TOOL}(code, timeout, install_packages). {_RETRY_HINT}",
             )
         try:
-            return await self._execute(parsed, context)
+            return await self._execute(parsed, context, _tagged(on_event, parsed.call_id))
         except CodeInterpreterError as exc:
             return self._refuse(parsed.call_id, parsed.name, str(exc), error_type=type(exc).__name__)
         except Exception as exc:  # a bug or an unconverted library error must not kill the agent loop
@@ -243,7 +254,7 @@ class ToolDispatcher:
                 )
         return raw
 
-    async def _execute(self, call: _Call, context: ToolContext) -> ToolResult:
+    async def _execute(self, call: _Call, context: ToolContext, on_event: EventCallback | None) -> ToolResult:
         decoded = self._decode(call)
         if isinstance(decoded, str):
             return self._refuse(call.call_id, call.name, f"{decoded}. {_RETRY_HINT}")
@@ -293,7 +304,13 @@ class ToolDispatcher:
                 "ask the user to upload them again"
             )
         result = await self.interp.execute(
-            code, user_id=context.user_id, user_files=files, install_packages=packages, timeout=timeout
+            code,
+            user_id=context.user_id,
+            user_files=files,
+            install_packages=packages,
+            timeout=timeout,
+            session_id=context.session_id,
+            on_event=on_event,
         )
         if notes:
             result["notes"] = [*notes, *(result.get("notes") or [])]
@@ -318,3 +335,14 @@ class ToolDispatcher:
         # An expired file must not fail every later call of a conversation that once allowed it.
         allowed = context.allowed_file_ids
         return [f for f in present if f in allowed], sorted(allowed - set(present))
+
+
+def _tagged(on_event: EventCallback | None, call_id: str) -> EventCallback | None:
+    """``on_event`` with each event's ``call_id`` set, so a host can tell concurrent calls apart."""
+    if on_event is None:
+        return None
+
+    def tag(event: ExecutionEvent) -> Awaitable[None] | None:
+        return on_event(dataclasses.replace(event, call_id=call_id))
+
+    return tag

@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator
 __all__ = [
     "EXECUTE_TOOL",
     "SCHEMA_NAMES",
+    "describe_state",
     "load_schema",
     "nullable_optionals",
     "tool_definitions",
@@ -50,11 +51,17 @@ def load_schema(name: str = EXECUTE_TOOL) -> dict[str, Any]:
     return copy.deepcopy(_load(name))
 
 
-def tool_definitions(api: Api = "chat") -> list[dict[str, Any]]:
-    """Render the tools for the OpenAI Chat Completions (``"chat"``) or Responses (``"responses"``) API."""
+def tool_definitions(api: Api = "chat", *, sessions: bool = False) -> list[dict[str, Any]]:
+    """Render the tools for the OpenAI Chat Completions (``"chat"``) or Responses (``"responses"``) API.
+
+    ``sessions=True`` when the host runs the calls of a conversation in one session
+    (``ToolContext.session_id``): the description then tells the model that state persists.
+    """
     out: list[dict[str, Any]] = []
     for name in SCHEMA_NAMES:
         d = load_schema(name)
+        if sessions:
+            d["description"] = describe_state(d, sessions=True)
         if api == "chat":
             out.append(
                 {
@@ -80,6 +87,16 @@ def tool_definitions(api: Api = "chat") -> list[dict[str, Any]]:
         else:
             raise ValueError(f"api must be 'chat' or 'responses', got {api!r}")
     return out
+
+
+def describe_state(definition: dict[str, Any], *, sessions: bool) -> str:
+    """The tool's description with the truth about state in this mode (one-shot or session)."""
+    notes = definition.get("state_notes") or {}
+    one_shot, session = notes.get("one_shot", ""), notes.get("session", "")
+    text = str(definition["description"])
+    if sessions and one_shot and session:
+        return text.replace(one_shot, session)
+    return text
 
 
 def nullable_optionals(parameters: dict[str, Any]) -> set[str]:
