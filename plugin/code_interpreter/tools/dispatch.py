@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError
-from .render import image_parts, render_content, supports_vision
+from .render import image_parts, render_for_model, supports_vision
 from .schema import EXECUTE_TOOL, SCHEMA_NAMES, tool_definitions, validate_arguments
 
 if TYPE_CHECKING:
@@ -297,7 +297,9 @@ class ToolDispatcher:
         )
         if notes:
             result["notes"] = [*notes, *(result.get("notes") or [])]
-        content = render_content(call.name, result)
+        content = await render_for_model(
+            call.name, result, max_tokens=settings.max_tool_output_tokens, model=context.model
+        )
         images = (
             image_parts(result.get("generated_files") or (), context.max_images)
             if context.wants_images

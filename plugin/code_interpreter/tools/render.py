@@ -8,9 +8,12 @@ the tool messages of a round, as ``image_url`` parts holding ``data:`` URLs (see
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from .trim import fit_streams
 
 __all__ = [
     "IMAGE_MIMES",
@@ -18,6 +21,7 @@ __all__ = [
     "image_parts",
     "images_message",
     "render_content",
+    "render_for_model",
     "supports_vision",
 ]
 
@@ -69,8 +73,14 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def render_content(name: str, result: dict[str, Any]) -> str:
-    """Compact text for the model: status, output, error with traceback, generated files, notes."""
+def render_content(
+    name: str, result: dict[str, Any], *, max_tokens: int | None = None, model: str | None = None
+) -> str:
+    """Compact text for the model: status, output, error with traceback, generated files, notes.
+
+    With ``max_tokens``, the output, error and stderr shown share that many tokens of ``model``'s
+    tokenizer (head and tail of each kept, see :mod:`.trim`); ``result`` itself is never changed.
+    """
     ok = bool(result.get("success"))
     seconds = float(result.get("execution_time") or 0.0)
     code = result.get("return_code")
@@ -81,16 +91,21 @@ def render_content(name: str, result: dict[str, Any]) -> str:
         rc = f" (exit code {code})" if code not in (None, 0) else ""
         lines.append(f"Status: failed{rc} after {seconds:.2f} s.")
     output = (result.get("output") or "").rstrip("\n")
+    error = (result.get("error") or "").rstrip("\n")
+    stderr = (result.get("stderr") or "").rstrip("\n")
+    # The executor often puts the traceback in both: show it once.
+    if error and (stderr in error or error in stderr):
+        stderr = ""
+    cuts = fit_streams([output, error, stderr], max_tokens, model) if max_tokens else []
+    if cuts:
+        output, error, stderr = (c.text for c in cuts)
     if output:
         lines += ["Output:", output]
     elif ok:
         lines.append("Output: (nothing was printed; print() the values you want to see)")
-    error = (result.get("error") or "").rstrip("\n")
-    stderr = (result.get("stderr") or "").rstrip("\n")
     if error:
         lines += ["Error:", error]
-    # The executor often puts the traceback in both: show it once.
-    if stderr and not (error and (stderr in error or error in stderr)):
+    if stderr:
         lines += ["Stderr:", stderr]
     files = result.get("generated_files") or []
     if files:
@@ -103,12 +118,33 @@ def render_content(name: str, result: dict[str, Any]) -> str:
     notes = [n for n in result.get("notes") or () if n]
     if result.get("truncated"):
         notes.append("the output was truncated (head and tail kept): print less, or summarise the data first")
+    cut = sum(c.cut_tokens for c in cuts)
+    if cut:
+        notes.append(
+            f"to fit {max_tokens:,} tokens, {cut:,} tokens ({sum(c.cut_lines for c in cuts):,} lines) were "
+            "cut from the middle of what you see (marked …); print less, or summarise (head(), describe(), "
+            "counts) instead of printing everything"
+        )
     if notes:
         lines.append("Notes:")
         lines += [f"- {n}" for n in notes]
     if not ok:
         lines.append(f"Read the error, fix the code and call {name} again.")
     return "\n".join(lines)
+
+
+# Text over this many characters takes a millisecond or more to tokenize: do it off the event loop.
+_OFF_LOOP_CHARS = 16_384
+
+
+async def render_for_model(
+    name: str, result: dict[str, Any], *, max_tokens: int | None = None, model: str | None = None
+) -> str:
+    """:func:`render_content`, in a worker thread when the text is long enough to stall the event loop."""
+    size = sum(len(result.get(k) or "") for k in ("output", "error", "stderr"))
+    if max_tokens and size > max(max_tokens, _OFF_LOOP_CHARS):
+        return await asyncio.to_thread(render_content, name, result, max_tokens=max_tokens, model=model)
+    return render_content(name, result, max_tokens=max_tokens, model=model)
 
 
 def image_parts(files: Iterable[dict[str, Any]], limit: int) -> tuple[dict[str, Any], ...]:
