@@ -163,6 +163,14 @@ def test_responses_example_runs_against_a_scripted_server(
     assert proc.stdout.strip().splitlines() == ["A parabola, rising ever faster.", "['y.png'] 1020"]
 
 
+def test_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
+    block = python_blocks()[3]
+    assert "make_tools" in block
+    proc = _run_block(block, example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == ["success 42", "success call_2"]
+
+
 if __name__ == "__main__":
     README.write_text(readme_with_table(README.read_text()))
     print("README settings table regenerated")
