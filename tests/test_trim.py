@@ -132,3 +132,39 @@ async def test_through_the_dispatcher_with_a_real_execution(
     assert tokens.count_text_tokens(r.content, "gpt-4o") <= 800 + 150
     # What the next request sends is exactly this text.
     assert r.message["content"] == r.content
+
+
+async def test_the_agent_sends_the_bounded_text_and_estimates_exactly_that(
+    make_settings: Callable[..., Settings], sandbox_runtime: object
+) -> None:
+    import openai
+
+    from code_interpreter.agent import AgentRetry, run_agent
+    from openai_server import ScriptedOpenAI, completion, tool_call
+
+    settings = make_settings(runtime_dir=sandbox_runtime.root, max_tool_output_tokens=500)  # type: ignore[attr-defined]
+    flood = "for i in range(5000):\n    print('value', i, i * i)\n"
+    script = [completion(None, [tool_call("execute_python_code", {"code": flood}, "c1")]), completion("done")]
+    async with CodeInterpreter(settings) as interp:
+        with ScriptedOpenAI(script) as server:
+            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0)
+            try:
+                result = await run_agent(
+                    client,
+                    "gpt-4o",
+                    [{"role": "user", "content": "print a lot"}],
+                    ToolContext(user_id=72, model="gpt-4o"),
+                    interpreter=interp,
+                    retry=AgentRetry(attempts=1),
+                )
+            finally:
+                await client.close()
+    sent = server.requests[1]
+    [tool_message] = [m for m in sent["messages"] if m["role"] == "tool"]
+    assert tool_message["content"] == result.tool_results[0].content
+    assert "value 0 0" in tool_message["content"] and "value 4999 24990001" in tool_message["content"]
+    assert tokens.count_text_tokens(tool_message["content"], "gpt-4o") <= 500 + 150
+    assert "value 2500 " in result.tool_results[0].result["output"]  # the host has all of it
+    assert result.requests[1].estimate.input_tokens == tokens.count_request_tokens(
+        "gpt-4o", sent["messages"], sent["tools"]
+    )
