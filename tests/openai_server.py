@@ -1,8 +1,10 @@
 """A scripted OpenAI-compatible HTTP server for tests: the real openai SDK talks to it over a socket.
 
-Each POST to ``/v1/chat/completions`` takes the next entry of the script: a :class:`Reply`, a
-response body dict, or a callable that receives the parsed request body (so a scripted "model" can
-react to what it was sent, e.g. fix code after reading a traceback). Every request body is recorded.
+Each POST to ``/v1/chat/completions`` or ``/v1/responses`` takes the next entry of the script: a
+:class:`Reply`, a response body dict, or a callable that receives the parsed request body (so a
+scripted "model" can react to what it was sent, e.g. fix code after reading a traceback). Every
+request body is recorded. :func:`completion` builds Chat Completions bodies, :func:`response` (with
+:func:`function_call` items) Responses bodies.
 """
 
 from __future__ import annotations
@@ -74,6 +76,68 @@ def completion(
     }
 
 
+def function_call(name: str, arguments: dict[str, Any] | str, call_id: str | None = None) -> dict[str, Any]:
+    """A Responses ``function_call`` output item; dict arguments are JSON-encoded as the API does."""
+    n = next(_ids)
+    return {
+        "type": "function_call",
+        "id": f"fc_{n}",
+        "call_id": call_id or f"call_{n}",
+        "name": name,
+        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+        "status": "completed",
+    }
+
+
+def response(
+    text: str | None = None,
+    calls: list[dict[str, Any]] | None = None,
+    *,
+    input_tokens: int = 100,
+    output_tokens: int = 20,
+    cached_tokens: int = 0,
+    model: str = "gpt-4o-mini",
+    incomplete: str | None = None,
+) -> dict[str, Any]:
+    """A Responses ``response`` body: an assistant message with ``text`` and/or function calls, and usage."""
+    output: list[dict[str, Any]] = []
+    if text is not None:
+        output.append(
+            {
+                "type": "message",
+                "id": f"msg_{next(_ids)}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
+    output.extend(calls or [])
+    return {
+        "id": f"resp_{next(_ids)}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "error": None,
+        "instructions": None,
+        "metadata": {},
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
 def error(status: int, message: str = "scripted error", headers: dict[str, str] | None = None) -> Reply:
     """An API error response in OpenAI's shape."""
     kind = "rate_limit_exceeded" if status == 429 else "server_error"
@@ -134,7 +198,7 @@ class ScriptedOpenAI:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 outer.paths.append(self.path)
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if not self.path.rstrip("/").endswith(("/chat/completions", "/responses")):
                     self._send(Reply({"error": {"message": f"no route {self.path}"}}, 404))
                     return
                 try:

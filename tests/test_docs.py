@@ -146,6 +146,44 @@ def test_openai_example_runs_against_a_scripted_server(example_env: dict[str, st
     json.dumps(lines)  # printable, plain text
 
 
+def test_responses_example_runs_against_a_scripted_server(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
+    from pydantic import ConfigDict, TypeAdapter
+
+    from openai_server import ScriptedOpenAI, function_call, response
+
+    code = "import matplotlib.pyplot as plt\nplt.plot([x * x for x in range(11)])\nplt.savefig('y.png')"
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        [out] = [i for i in body["input"] if i.get("type") == "function_call_output"]
+        kinds = [p["type"] for p in out["output"]]
+        assert kinds == ["input_text", "input_image"], kinds
+        return response("A parabola, rising ever faster.", input_tokens=900)
+
+    script = [
+        response(None, [function_call("execute_python_code", {"code": code})], input_tokens=120),
+        answer,
+    ]
+    with ScriptedOpenAI(script) as server:
+        env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+        proc = _run_block(python_blocks()[2], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert server.paths == ["/v1/responses", "/v1/responses"]
+        bodies = TypeAdapter(list[ResponseCreateParamsNonStreaming], config=ConfigDict(extra="forbid"))
+        bodies.validate_python(server.requests)
+    assert proc.stdout.strip().splitlines() == ["A parabola, rising ever faster.", "['y.png'] 1020"]
+
+
+def test_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
+    block = python_blocks()[3]
+    assert "make_tools" in block
+    proc = _run_block(block, example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == ["success 42", "success call_2"]
+
+
 if __name__ == "__main__":
     README.write_text(readme_with_table(README.read_text()))
     print("README settings table regenerated")

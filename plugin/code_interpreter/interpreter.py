@@ -83,6 +83,7 @@ class CodeInterpreter:
         self._start_lock = asyncio.Lock()
         self._executor_lock = asyncio.Lock()
         self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.isolation = resolve_isolation(self.settings.isolation)
         """(mode, reason): the sandbox this host gives, resolved from ``settings.isolation``."""
         self.sessions = SessionManager(self.settings, None, self.executor)
@@ -108,6 +109,7 @@ class CodeInterpreter:
             if self.settings.cleanup_interval_s > 0:
                 self._files.start_cleanup_task(self.settings.cleanup_interval_s)
             self._started = True
+            self._loop = asyncio.get_running_loop()
             return self
 
     async def close(self) -> None:
@@ -120,6 +122,7 @@ class CodeInterpreter:
             await self._files.stop_cleanup_task()
         await self._storage.close()
         self._started = False
+        self._loop = None
 
     async def __aenter__(self) -> CodeInterpreter:
         return await self.start()
@@ -128,6 +131,11 @@ class CodeInterpreter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop :meth:`start` ran on (its database client and pipes are bound to it), or None."""
+        return self._loop
 
     # -- components ----------------------------------------------------------------
     @property

@@ -37,6 +37,7 @@ MAX_FILE_SIZE = 50 * 2**20
 DEFAULT_TIMEOUT_S = 60
 MAX_TIMEOUT_S = 300
 MAX_OUTPUT_BYTES = 100_000
+MAX_TOOL_OUTPUT_TOKENS = 4_000
 MAX_CODE_BYTES = 2_000_000
 RUNTIME_REBUILD_DAYS = 7.0
 
@@ -97,6 +98,8 @@ class Settings:
     """Largest wall-clock timeout a call may ask for."""
     max_output_bytes: int = MAX_OUTPUT_BYTES
     """Cap on captured stdout (and separately stderr); head and tail are kept."""
+    max_tool_output_tokens: int = MAX_TOOL_OUTPUT_TOKENS
+    """Most tokens of output and errors the model reads per call (head and tail kept); the host gets all."""
     max_code_bytes: int = MAX_CODE_BYTES
     """Largest accepted source code in bytes."""
     max_generated_files: int = 20
@@ -246,6 +249,7 @@ class Settings:
             "default_timeout",
             "max_timeout",
             "max_output_bytes",
+            "max_tool_output_tokens",
             "max_code_bytes",
             "memory_limit_mb",
             "max_processes",

@@ -1,131 +1,243 @@
 """LangChain tools built from the canonical JSON schema: ``make_tools(interp, context)``.
 
-The tools return ``(content, artifact)``: the ToolMessage content is the same compact text the
-dispatcher gives OpenAI models, and ``ToolMessage.artifact`` is the full
-:class:`~code_interpreter.tools.ToolResult` (generated file bytes included) for the host.
+The tool is a langchain-core :class:`~langchain_core.tools.BaseTool` whose ``args_schema`` is the
+JSON schema of ``tool_schemas/execute_python_code.json`` (the single source of truth; the
+dispatcher validates the arguments against it). Invoked with a ``ToolCall`` it returns a
+``ToolMessage``: the same compact text the dispatcher gives OpenAI models (plus the charts as
+LangChain image blocks when ``ToolContext.wants_images``), ``status="error"`` when the call was
+refused or the code failed, and ``artifact`` = the full :class:`~code_interpreter.tools.ToolResult`
+with the call's id (generated file bytes included) for the host.
 
-Sync and async: ``ainvoke`` runs on the caller's event loop. ``invoke`` (sync) submits the call to
-the event loop the interpreter lives on (pymongo's async client and the sandbox's pipes are bound
-to one loop) — the loop it was first used on through these tools, or ``loop=`` — and waits; called
-from a thread with no such loop it runs the interpreter on a private background loop owned by the
-tools (stop it with :func:`close_tools`). Calling ``invoke`` *on* the interpreter's loop thread would
-deadlock, so it raises and tells you to use ``ainvoke``.
+One tool, any caller. The interpreter's database client and sandbox pipes belong to the event loop
+it was started on (:attr:`CodeInterpreter.loop`), so every call runs the interpreter's coroutines
+*there*: directly when the caller is on that loop, else handed over with
+``asyncio.run_coroutine_threadsafe`` (awaited with ``asyncio.wrap_future`` from another loop,
+waited for from sync code in any thread). An interpreter not started yet is started on the
+caller's loop (``ainvoke``), or, for sync callers, on a private background loop owned by the tools
+(:func:`close_tools` closes the interpreter and stops it). Sync ``invoke`` *on* the interpreter's
+own loop thread would block the very loop it waits for: it raises and says to use ``ainvoke``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Coroutine
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from langchain_core.messages import ToolMessage
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import Field
 
+from ..errors import ConfigurationError
 from ..tools import EXECUTE_TOOL, ToolContext, ToolDispatcher, ToolResult, load_schema
+from ..tools.schema import describe_state
 
 if TYPE_CHECKING:
     from ..interpreter import CodeInterpreter
 
-__all__ = ["close_tools", "make_tools"]
+__all__ = ["CodeInterpreterTool", "close_tools", "make_tools"]
+
+# The id of the ToolCall being run: BaseTool hands it to run()/arun() but not to _run()/_arun().
+_CALL_ID: ContextVar[str | None] = ContextVar("code_interpreter_tool_call_id", default=None)
 
 
-class _LoopBinding:
-    """Which event loop the interpreter runs on, and a private one for sync-only callers."""
+class _PrivateLoop:
+    """An event loop in a daemon thread, for an interpreter whose only callers are synchronous."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.loop = loop
-        self._own: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.loop.call_soon(ready.set)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="code-interpreter-tools", daemon=True
+        )
+        self.thread.start()
+        ready.wait()
 
-    def remember(self) -> None:
-        if self.loop is None or self.loop.is_closed():
-            self.loop = asyncio.get_running_loop()
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        if not self.thread.is_alive():
+            self.loop.close()
 
-    def target(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self.loop is not None and not self.loop.is_closed() and self.loop.is_running():
-                return self.loop
-            if self._own is None:
-                self._own = asyncio.new_event_loop()
-                self._thread = threading.Thread(
-                    target=self._own.run_forever, name="code-interpreter-langchain", daemon=True
-                )
-                self._thread.start()
-            self.loop = self._own
-            return self._own
 
-    def close(self) -> None:
-        with self._lock:
-            own, thread = self._own, self._thread
-            self._own = self._thread = None
-        if own is not None and thread is not None:
-            own.call_soon_threadsafe(own.stop)
-            thread.join(10)
-            own.close()
+_lock = threading.Lock()
+# Per interpreter: the loop chosen for it before start() has recorded one, and the tools' own loop.
+_claims: weakref.WeakKeyDictionary[CodeInterpreter, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+_private: weakref.WeakKeyDictionary[CodeInterpreter, _PrivateLoop] = weakref.WeakKeyDictionary()
+
+
+def _home(interp: CodeInterpreter, claim: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+    """The loop ``interp`` lives on; one not started yet is given ``claim`` (or a private loop)."""
+    with _lock:
+        loop = interp.loop
+        if loop is None:
+            loop = _claims.get(interp)
+            if loop is None or loop.is_closed():
+                if claim is None:
+                    own = _private.get(interp)
+                    if own is None or own.loop.is_closed():
+                        own = _private[interp] = _PrivateLoop()
+                    claim = own.loop
+                loop = _claims[interp] = claim
+    if loop.is_closed():
+        raise ConfigurationError(
+            "the CodeInterpreter was started on an event loop that has been closed since; await "
+            "interp.close() before that loop ends, or create a new CodeInterpreter for these tools"
+        )
+    return loop
+
+
+def _running() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _not_running(loop: asyncio.AbstractEventLoop) -> ConfigurationError:
+    return ConfigurationError(
+        f"the CodeInterpreter's event loop ({loop!r}) is not running, so {EXECUTE_TOOL} cannot run on it; "
+        "call the tool while that loop runs (e.g. from a thread beside it), or start the interpreter "
+        "on a loop that keeps running"
+    )
+
+
+def _image_blocks(images: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """LangChain standard image blocks from the ``image_url`` parts (``data:`` URLs) of a result."""
+    blocks: list[dict[str, Any]] = []
+    for part in images:
+        url = str((part.get("image_url") or {}).get("url") or "")
+        head, _, data = url.partition(",")
+        if head.startswith("data:") and head.endswith(";base64") and data:
+            blocks.append({"type": "image", "base64": data, "mime_type": head[5:-7]})
+    return blocks
+
+
+def _definition() -> dict[str, Any]:
+    return load_schema(EXECUTE_TOOL)
+
+
+def _args_schema() -> dict[str, Any]:
+    d = _definition()
+    return dict(d["parameters"], title=d["name"], description=d["description"])
+
+
+class CodeInterpreterTool(BaseTool):
+    """``execute_python_code`` as a LangChain tool over a CodeInterpreter (sync and async).
+
+    ``CodeInterpreterTool(interp=interp, context=ToolContext(user_id=…))``; name, description and
+    arguments come from the canonical schema.
+    """
+
+    name: str = EXECUTE_TOOL
+    description: str = Field(default_factory=lambda: str(_definition()["description"]))
+    args_schema: Any = Field(default_factory=_args_schema)
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    interp: Any
+    """The CodeInterpreter the code runs on (started or not)."""
+    context: ToolContext
+    """Who the user is and what they may do (from the host, never from the model)."""
+    dispatcher: ToolDispatcher | None = None
+    """Validates the arguments against the canonical schema and runs the call (default: one over interp)."""
+
+    # -- where the call id comes in ----------------------------------------------------
+    def run(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
+        """BaseTool.run, with the ToolCall's id made available to the tool."""
+        token = _CALL_ID.set(kwargs.get("tool_call_id"))
+        try:
+            return super().run(tool_input, *args, **kwargs)
+        finally:
+            _CALL_ID.reset(token)
+
+    async def arun(self, tool_input: Any, *args: Any, **kwargs: Any) -> Any:
+        """BaseTool.arun, with the ToolCall's id made available to the tool."""
+        token = _CALL_ID.set(kwargs.get("tool_call_id"))
+        try:
+            return await super().arun(tool_input, *args, **kwargs)
+        finally:
+            _CALL_ID.reset(token)
+
+    # -- the call ------------------------------------------------------------------------
+    def _dispatch(self, args: dict[str, Any], call_id: str | None) -> Coroutine[Any, Any, ToolResult]:
+        # Arguments go through the dispatcher as they are, so extra keys (e.g. user_id) are refused there.
+        dispatcher = self.dispatcher or ToolDispatcher(self.interp)
+        return dispatcher.dispatch({"name": self.name, "args": args, "id": call_id or ""}, self.context)
+
+    async def _arun(self, **kwargs: Any) -> tuple[Any, ToolResult]:
+        call_id = _CALL_ID.get()
+        running = asyncio.get_running_loop()
+        home = _home(self.interp, running)
+        if home is running:
+            result = await self._dispatch(kwargs, call_id)
+        elif home.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._dispatch(kwargs, call_id), home)
+            result = await asyncio.wrap_future(future)
+        else:
+            raise _not_running(home)
+        return self._output(result, call_id)
+
+    def _run(self, **kwargs: Any) -> tuple[Any, ToolResult]:
+        call_id = _CALL_ID.get()
+        home = _home(self.interp, None)
+        if home is _running():
+            raise ToolException(
+                f"{EXECUTE_TOOL} was invoked synchronously on the event loop the interpreter runs on, "
+                "which would block the loop it waits for; use `await tool.ainvoke(...)` there"
+            )
+        if not home.is_running():
+            raise _not_running(home)
+        result = asyncio.run_coroutine_threadsafe(self._dispatch(kwargs, call_id), home).result()
+        return self._output(result, call_id)
+
+    def _output(self, result: ToolResult, call_id: str | None) -> tuple[Any, ToolResult]:
+        """(content, artifact) — the content a ToolMessage with the call's id and status, for a ToolCall."""
+        blocks = _image_blocks(result.images)
+        content: str | list[Any] = (
+            [{"type": "text", "text": result.content}, *blocks] if blocks else result.content
+        )
+        if not call_id:
+            return content, result
+        status: Literal["success", "error"] = "error" if result.is_error else "success"
+        message = ToolMessage(content, artifact=result, tool_call_id=call_id, name=self.name, status=status)
+        return message, result
 
 
 def make_tools(
-    interp: CodeInterpreter,
-    context: ToolContext,
-    *,
-    dispatcher: ToolDispatcher | None = None,
-    loop: asyncio.AbstractEventLoop | None = None,
+    interp: CodeInterpreter, context: ToolContext, *, dispatcher: ToolDispatcher | None = None
 ) -> list[BaseTool]:
-    """LangChain tools (sync and async) for ``interp``, bound to the trusted ``context``.
+    """LangChain tools (sync and async, any thread, any order) for ``interp``, bound to ``context``.
 
     Args:
-        interp: the CodeInterpreter the tools run code on.
+        interp: the CodeInterpreter the tools run code on (started or not).
         context: who the user is and what they may do (from the host, never from the model).
         dispatcher: reuse a ToolDispatcher (default: a new one over ``interp``).
-        loop: the event loop ``interp`` runs on, for sync ``invoke`` from other threads
-            (default: the running loop when called from async code, else learned on first ``ainvoke``).
     """
-    dispatcher = dispatcher or ToolDispatcher(interp)
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-    binding = _LoopBinding(loop)
-    definition = load_schema(EXECUTE_TOOL)
-    args_schema = dict(
-        definition["parameters"], title=definition["name"], description=definition["description"]
+    description = describe_state(_definition(), sessions=context.session_id is not None)
+    tool = CodeInterpreterTool(
+        interp=interp,
+        context=context,
+        dispatcher=dispatcher or ToolDispatcher(interp),
+        description=description,
     )
-
-    async def call(**kwargs: Any) -> tuple[str, ToolResult]:
-        binding.remember()
-        # Arguments go through the dispatcher as-is so extra keys (e.g. user_id) are refused there.
-        result = await dispatcher.dispatch({"name": EXECUTE_TOOL, "args": kwargs, "id": ""}, context)
-        return result.content, result
-
-    def call_sync(**kwargs: Any) -> tuple[str, ToolResult]:
-        target = binding.target()
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is target:
-            raise ToolException(
-                f"{EXECUTE_TOOL} was invoked synchronously on the event loop the interpreter runs on; "
-                "use `await tool.ainvoke(...)` there"
-            )
-        return asyncio.run_coroutine_threadsafe(call(**kwargs), target).result()
-
-    tool = StructuredTool.from_function(
-        func=call_sync,
-        coroutine=call,
-        name=definition["name"],
-        description=definition["description"],
-        args_schema=args_schema,
-        response_format="content_and_artifact",
-    )
-    tool.metadata = {"code_interpreter_binding": binding}
     return [tool]
 
 
 def close_tools(tools: list[BaseTool]) -> None:
-    """Stop the private background loop that sync-only use may have started (safe to call always)."""
+    """Close the interpreter the tools started on their private loop, and stop that loop (safe always)."""
     for t in tools:
-        binding = (t.metadata or {}).get("code_interpreter_binding")
-        if isinstance(binding, _LoopBinding):
-            binding.close()
+        interp = getattr(t, "interp", None)
+        if interp is None:
+            continue
+        with _lock:
+            own = _private.pop(interp, None)
+            if own is not None and _claims.get(interp) is own.loop:
+                del _claims[interp]
+        if own is None or own.loop.is_closed():
+            continue
+        if interp.loop is own.loop:
+            asyncio.run_coroutine_threadsafe(interp.close(), own.loop).result(60)
+        own.stop()

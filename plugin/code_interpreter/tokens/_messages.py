@@ -6,6 +6,13 @@ cl100k models and 124 on o200k for its example). Tool calls follow hmarr/openai-
 measured rule for function calls (name + arguments + 3; a tool/function result 2 fewer) —
 OpenAI does not publish that format, so those are estimates.
 
+Responses-API input items are counted as their Chat Completions equivalent (OpenAI publishes no
+measured figures for them): a ``message`` item as the message, ``function_call`` items as the
+tool calls of one assistant message (the calls that follow an assistant message or another call
+share its framing), a ``function_call_output`` as a tool message whose ``input_text`` parts are its
+text and whose ``input_image`` parts are priced as images. So one conversation counts the same
+through either API.
+
 Images are not priced here: the walker returns them as :class:`ImagePart` for the caller, who
 knows (or looks up) their sizes.
 """
@@ -229,6 +236,9 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
         raise ValueError(f"messages must be a list of messages, got {type(messages).__name__}")
     padded = False
     total = 0
+    # True after an assistant message or a function_call item: a Responses function_call that follows
+    # belongs to the same assistant turn, as the calls of one Chat assistant message do.
+    assistant_turn = False
     for i, raw in enumerate(messages):
         if type(raw) is dict and len(raw) == 2:
             # The common message, {"role": …, "content": "…"}, without the general path's checks.
@@ -241,6 +251,7 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
             ):
                 total += TOKENS_PER_MESSAGE + encoded_len(encoding, role) + encoded_len(encoding, content)
                 walk.has_system = walk.has_system or role == "system"
+                assistant_turn = role == "assistant"
                 continue
         msg = _as_mapping(raw)
         where = f"messages[{i}]"
@@ -250,8 +261,13 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
             pad = pad_system and not padded and msg.get("role") == "system"
             padded = padded or pad
             total += _message(msg, enc=encoding, walk=walk, where=where, pad_system=pad)
+            assistant_turn = msg.get("role") == "assistant"
         elif "type" in msg:
-            total += _item(msg, encoding, walk, where)
+            if msg.get("type") == "function_call" and assistant_turn:
+                total += _call_tokens(msg.get("name"), msg.get("arguments"), encoding)
+            else:
+                total += _item(msg, encoding, walk, where)
+            assistant_turn = msg.get("type") == "function_call"
         else:
             raise ValueError(f"{where} has no 'role'; expected {{'role': 'user', 'content': …}}")
     walk.text_tokens = total + REPLY_PRIMING

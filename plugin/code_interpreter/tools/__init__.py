@@ -4,7 +4,9 @@
   and Responses, and the argument validation derived from it;
 - :mod:`.dispatch` — :class:`ToolDispatcher` with the host's trusted :class:`ToolContext`, and
   :class:`ToolResult`;
-- :mod:`.render` — what the model reads of a result: compact text, and image parts for vision models.
+- :mod:`.render` — what the model reads of a result: compact text, and image parts for vision models
+  (Chat Completions and Responses forms);
+- :mod:`.trim` — that text's output and errors fitted into ``Settings.max_tool_output_tokens``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError
 from ..executor import EventCallback, ExecutionEvent
-from .render import image_parts, render_content, supports_vision
+from .render import function_call_output, image_parts, render_for_model, supports_vision
 from .schema import EXECUTE_TOOL, SCHEMA_NAMES, tool_definitions, validate_arguments
 
 if TYPE_CHECKING:
@@ -100,8 +100,8 @@ class ToolResult:
 
     @property
     def output_item(self) -> dict[str, Any]:
-        """The Responses API ``function_call_output`` input item."""
-        return {"type": "function_call_output", "call_id": self.tool_call_id, "output": self.content}
+        """The Responses API ``function_call_output`` item; the ``images`` ride in it as input_image parts."""
+        return function_call_output(self.tool_call_id, self.content, self.images)
 
     @property
     def generated_files(self) -> list[dict[str, Any]]:
@@ -314,7 +314,9 @@ class ToolDispatcher:
         )
         if notes:
             result["notes"] = [*notes, *(result.get("notes") or [])]
-        content = render_content(call.name, result)
+        content = await render_for_model(
+            call.name, result, max_tokens=settings.max_tool_output_tokens, model=context.model
+        )
         images = (
             image_parts(result.get("generated_files") or (), context.max_images)
             if context.wants_images

@@ -1,0 +1,169 @@
+"""A multi-round tool loop over ``openai.AsyncOpenAI`` (any ``base_url``): Chat Completions or Responses.
+
+Each round: estimate the request's tokens and cost, apply the user's budget, record the estimate,
+send the request (retrying rate limits, 5xx and connection errors with backoff), record the API's
+actual ``usage`` beside the estimate, then dispatch every tool call concurrently and append the
+results. The loop ends when the model answers without tool calls, the round limit is reached, or the
+budget would be passed. :mod:`.wire` holds what differs between the two APIs.
+
+Retries: tenacity owns them here (:mod:`.retry`). The openai client also retries (2 times by
+default); create it with ``max_retries=0`` to let :class:`AgentRetry` be the only policy.
+
+Budget: when ``interp.usage.check_budget`` raises :class:`~code_interpreter.errors.BudgetExceeded`
+before a request, no request is sent and :func:`run_agent` returns with
+``stop_reason="budget_exceeded"`` and a ``final_text`` explaining why (or re-raises with
+``raise_on_budget=True``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import openai
+
+from ..errors import BudgetExceeded
+from ..executor import EventCallback
+from ..tools import ToolContext, ToolDispatcher, ToolResult
+from .results import AgentResult, AgentRetry, RequestRecord
+from .retry import send
+from .wire import Api, wire_for
+
+if TYPE_CHECKING:
+    from ..interpreter import CodeInterpreter
+
+__all__ = ["AgentResult", "AgentRetry", "RequestRecord", "run_agent"]
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _as_message(m: Any) -> dict[str, Any]:
+    if isinstance(m, openai.BaseModel):  # SDK objects, with the API's field names
+        return m.to_dict(mode="json", exclude_none=True)
+    dump = getattr(m, "model_dump", None)
+    if callable(dump):
+        return {k: v for k, v in dump(exclude_none=True).items()}
+    return dict(m)
+
+
+async def run_agent(
+    client: openai.AsyncOpenAI,
+    model: str,
+    messages: Sequence[Any],
+    context: ToolContext,
+    max_rounds: int = 8,
+    api: Api = "chat",
+    *,
+    interpreter: CodeInterpreter | None = None,
+    dispatcher: ToolDispatcher | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    max_output_tokens: int | None = None,
+    request_options: Mapping[str, Any] | None = None,
+    retry: AgentRetry | None = None,
+    raise_on_budget: bool = False,
+    on_event: EventCallback | None = None,
+) -> AgentResult:
+    """Run the model with the code tool until it answers without tool calls.
+
+    Args:
+        client: an ``openai.AsyncOpenAI`` (any ``base_url``); ``max_retries=0`` recommended (see module doc).
+        model: the model name sent to the API (and used for token estimates and prices).
+        messages: the conversation so far (dicts or SDK objects; for ``api="responses"`` any
+            Responses input items, ``{"role": …, "content": "…"}`` messages included); not modified.
+        context: the trusted user context for tool calls and budgets.
+        max_rounds: most model requests; the last one is sent with ``tool_choice="none"`` so the
+            model must answer in text.
+        api: ``"chat"`` (``client.chat.completions.create``) or ``"responses"``
+            (``client.responses.create``; tool results as ``function_call_output`` items).
+        interpreter: the CodeInterpreter to use; default the dispatcher's, else the module default.
+        dispatcher: a ToolDispatcher (default: one over ``interpreter``).
+        tools: tool definitions to send (default ``tool_definitions(api)``, whose description says that
+            state persists when ``context.session_id`` is set).
+        max_output_tokens: sent as ``max_completion_tokens`` (Responses: ``max_output_tokens``) and
+            used in the estimate.
+        request_options: extra keyword arguments for the create call (temperature, reasoning …).
+        retry: the retry policy for rate limits, 5xx and connection errors.
+        raise_on_budget: re-raise BudgetExceeded instead of returning ``stop_reason="budget_exceeded"``.
+        on_event: receives each tool call's live events as they happen (output chunks, stored files,
+            done), with ``call_id`` set: a chat bot can edit its message while a long cell runs.
+
+    Returns:
+        An AgentResult with the final text, all messages, every request's estimate and usage, and
+        the generated files.
+
+    Raises:
+        openai.APIError: a request failed after the retries (or with a non-retryable error).
+        BudgetExceeded: only with ``raise_on_budget=True``.
+        ValueError: ``max_rounds`` below 1, or an unknown ``api``.
+    """
+    if max_rounds < 1:
+        raise ValueError("max_rounds must be at least 1")
+    wire = wire_for(api)
+    if dispatcher is None:
+        if interpreter is None:
+            from ..compat import default_interpreter
+
+            interpreter = await default_interpreter()
+        dispatcher = ToolDispatcher(interpreter)
+    interp = dispatcher.interp
+    await interp.start()
+    policy = retry or AgentRetry()
+    tools = tools if tools is not None else wire.tools(sessions=context.session_id is not None)
+    history = [_as_message(m) for m in messages]
+    records: list[RequestRecord] = []
+    results: list[ToolResult] = []
+    final_text = ""
+    stop_reason = "max_rounds"
+
+    for round_no in range(1, max_rounds + 1):
+        last = round_no == max_rounds
+        tool_choice = "none" if last and tools else None
+        estimate = await interp.token_counter.estimate(
+            model, history, tools=tools or None, tool_choice=tool_choice, max_output_tokens=max_output_tokens
+        )
+        try:
+            await _maybe_await(interp.usage.check_budget(context.user_id, estimate))
+        except BudgetExceeded as exc:
+            if raise_on_budget:
+                raise
+            final_text = f"Stopped before request {round_no}: {exc}"
+            stop_reason = "budget_exceeded"
+            break
+        request_id = uuid.uuid4().hex
+        await _maybe_await(
+            interp.usage.record_usage(
+                user_id=context.user_id, model=model, estimate=estimate, usage=None, request_id=request_id
+            )
+        )
+        kwargs = {**(request_options or {}), **wire.request(history, tools, tool_choice, max_output_tokens)}
+        response = await send(policy, wire.create, client, model, kwargs)
+        turn = wire.read(response)
+        if turn.usage is not None:
+            await _maybe_await(
+                interp.usage.record_usage(
+                    user_id=context.user_id,
+                    model=model,
+                    estimate=estimate,
+                    usage=turn.usage,
+                    request_id=request_id,
+                )
+            )
+        records.append(
+            RequestRecord(round_no, request_id, estimate, turn.usage, turn.finish_reason, len(turn.calls))
+        )
+        history.extend(turn.items)
+        final_text = turn.text
+        if not turn.calls:
+            stop_reason = "completed"
+            break
+        # Every tool call gets its answer, even on the last round, so the history stays valid for the API.
+        round_results = await dispatcher.dispatch_all(turn.calls, context, on_event=on_event)
+        results.extend(round_results)
+        history.extend(wire.answers(round_results))
+
+    generated = tuple(f for r in results for f in r.generated_files)
+    return AgentResult(final_text, history, tuple(records), tuple(results), stop_reason, generated)
