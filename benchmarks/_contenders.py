@@ -346,6 +346,12 @@ def plugin_contenders(interp: CodeInterpreter, executor: Executor, csv_path: Pat
         ExecutorCalls(executor, csv_path),
         InterpreterCalls(interp, data),
         DispatcherCalls(interp, data),
+        # Sessions (a live child per user and session id), once execute() takes session_id=:
+        # InterpreterCalls(
+        #     interp, data, prefix="session", path="CodeInterpreter.execute(session_id=…)",
+        #     about="a live sandboxed child per session: state kept between calls",
+        #     call_kwargs=lambda slot: {"session_id": f"bench-{slot}"},
+        # ),
     ]
 
 
