@@ -55,20 +55,29 @@ def _fields(text: str) -> dict[str, int]:
     return out
 
 
+def parent(pid: int) -> int | None:
+    """The parent of ``pid`` (from /proc/<pid>/stat), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may contain spaces and parentheses: fields start after the last ')'
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (a scan of /proc/*/stat)."""
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        # the command name may contain spaces and parentheses: fields start after the last ')'
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and parent(int(e.name)) == pid]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, at any depth."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = children(todo.pop())
+        out.extend(kids)
+        todo.extend(kids)
     return out
 
 

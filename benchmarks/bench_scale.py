@@ -4,7 +4,8 @@ Saturation: a burst of executions (200 ``print``, 100 pandas) submitted at once 
 max_parallel 2 and 4, each execution for its own user so the per-user cap never binds; the same with
 isolation='none' as a reference for what the sandbox costs. Queue depth:
 1, 4, 16 and 64 submitted at once to an executor with the default max_parallel (one per core, at
-least 2); the latency of each is the time from its submission to its result. The runtime is
+least 2); the latency of each is the time from its submission to its result. The pandas job reads a
+100,000-row CSV given to the executor as a read-only input file, as in the executor tables. The runtime is
 ``CODE_INTERPRETER_TEST_RUNTIME`` or the repository's ``.sandbox-runtime``.
 """
 
@@ -21,7 +22,7 @@ from code_interpreter.packages.generations import ensure_runtime
 from code_interpreter.settings import Isolation, Settings
 
 from ._common import Table, summarize
-from ._contenders import JOBS, Batch, ExecutorSessions, batch
+from ._contenders import JOB, Batch, ExecutorCalls, batch, csv_bytes
 from ._progress import step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,10 @@ async def run(quick: bool) -> list[Table]:
             executors[(mp, isolation)] = Executor(settings, runtime)
             step(f"starting a zygote with max_parallel={mp}, isolation={isolation}")
             await executors[(mp, isolation)].start()
-        sessions = {key: ExecutorSessions(ex) for key, ex in executors.items()}
+        csv = base / "sales.csv"
+        csv.write_bytes(csv_bytes())
+        csv.chmod(0o644)
+        sessions = {key: ExecutorCalls(ex, csv) for key, ex in executors.items()}
         return [
             await _saturation(sessions, quick),
             await _depths(sessions[(default.max_parallel, "strict")], default.max_parallel, quick),
@@ -61,7 +65,7 @@ async def run(quick: bool) -> list[Table]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-async def _saturation(sessions: dict[tuple[int, str], ExecutorSessions], quick: bool) -> Table:
+async def _saturation(sessions: dict[tuple[int, str], ExecutorCalls], quick: bool) -> Table:
     sizes = {"print('hi')": 50 if quick else 200, "pandas groupby": 20 if quick else 100}
     reps = 1 if quick else 2
     runs: dict[tuple[int, str, str], list[Batch]] = {}
@@ -71,8 +75,8 @@ async def _saturation(sessions: dict[tuple[int, str], ExecutorSessions], quick: 
             for mp, isolation in SATURATION if rep % 2 == 0 else SATURATION[::-1]:
                 step(f"saturation {rep + 1}/{reps}: {sizes[name]} x {name}, max_parallel={mp}, {isolation}")
                 s = sessions[(mp, isolation)]
-                await batch(s, JOBS[name], 2 * mp)  # warm the pool of supervisors
-                runs.setdefault((mp, isolation, name), []).append(await batch(s, JOBS[name], sizes[name]))
+                await batch(s, JOB[name], 2 * mp)  # warm the pool of supervisors
+                runs.setdefault((mp, isolation, name), []).append(await batch(s, JOB[name], sizes[name]))
     table = Table(
         f"Saturation: a burst submitted at once ({os.cpu_count()} cores)",
         ["max_parallel", "isolation", "job", "burst", "executions/s", "median ms", "p95 ms",
@@ -96,7 +100,7 @@ async def _saturation(sessions: dict[tuple[int, str], ExecutorSessions], quick: 
     return table
 
 
-async def _depths(sessions: ExecutorSessions, max_parallel: int, quick: bool) -> Table:
+async def _depths(sessions: ExecutorCalls, max_parallel: int, quick: bool) -> Table:
     table = Table(
         f"Latency vs queue depth (max_parallel={max_parallel}, the default here)",
         ["job", "submitted at once", "samples", "median ms", "p95 ms", "median / depth-1 median",
@@ -104,12 +108,12 @@ async def _depths(sessions: ExecutorSessions, max_parallel: int, quick: bool) ->
     )  # fmt: skip
     target = 10 if quick else 40  # samples per depth, at least one whole batch
     for name in SCALE_JOBS:
-        code = JOBS[name]
-        await batch(sessions, code, 2 * max_parallel)
+        job = JOB[name]
+        await batch(sessions, job, 2 * max_parallel)
         one_median = 0.0
         for depth in DEPTHS:
             step(f"queue depth {depth}: {name}")
-            batches = [await batch(sessions, code, depth) for _ in range(max(1, target // depth))]
+            batches = [await batch(sessions, job, depth) for _ in range(max(1, target // depth))]
             lat = summarize([x for b in batches for x in b.latencies_s])
             if depth == 1:
                 one_median = lat["median_ms"]

@@ -3,9 +3,12 @@
 Side by side with ``litellm.token_counter`` and ``tokencost`` when they are importable (optional:
 ``.venv/bin/pip install litellm tokencost``; never runtime dependencies). Both are run offline
 (litellm with LITELLM_LOCAL_MODEL_COST_MAP=True). Images are data URLs, so nothing touches the
-network. "cold" clears our per-string memo before every call; "warm" re-estimates the same
-conversation; "agent loop" estimates the conversation so far plus one new message each call, as a bot
-does before each model request.
+network. Two modes, every counter in each, and speed-ups only within a mode (like for like):
+
+- from scratch: ours with a fresh memo and a fresh TokenCounter (no image-size cache) on every call,
+  theirs as they are (neither keeps a per-string cache);
+- agent loop: each call estimates the conversation so far plus one new message, as a bot does
+  before each model request; ours keeps its memo between calls, theirs recount everything.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import random
 import struct
 import sys
 import zlib
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ._common import Table, summarize, time_async, time_sync
 
 MODEL = "gpt-4o"
-LOOP = "code_interpreter.tokens (agent loop: +1 new message each call)"
+SCRATCH = "from scratch (fresh memo, no cache)"
+LOOP = "agent loop (+1 message per call)"
+OURS = "code_interpreter.tokens"
+LITELLM = "litellm.token_counter"
+TOKENCOST = "tokencost.count_message_tokens (no images, no tools)"
 FLOOR = "tiktoken alone: encode_ordinary of the same texts (the floor)"
 WORDS = [
     "data", "frame", "plot", "column", "mean", "median", "value", "error", "chart", "file", "upload",
@@ -144,146 +152,169 @@ def _exact(fn: Any) -> str:
     return f"no ({ok}/8; got {', '.join(str(n) for n, _ in got)})"
 
 
-async def run(quick: bool) -> list[Table]:
-    """Median/p95 of estimating the conversation, ours vs litellm vs tokencost, and exactness."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+@dataclass
+class Row:
+    """One counter in one mode: its samples, the tokens it counted, whether it is exact on the cookbook."""
+
+    mode: str
+    counter: str
+    samples: list[float]
+    tokens: Any = "-"
+    exact: str = "-"
+
+
+def _loop_rounds(msgs: list[dict[str, Any]], n: int) -> list[list[dict[str, Any]]]:
+    """``n`` requests of an agent loop: each is the previous conversation plus one new message."""
+    rng = random.Random(11)
+    grown = [msgs]
+    for j in range(n):
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 150)))
+        grown.append([*grown[-1], {"role": "assistant" if j % 2 else "user", "content": words}])
+    return grown[1:]
+
+
+def _text_only(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {**m, "content": " ".join(p.get("text", "") for p in m["content"])}
+        if isinstance(m["content"], list)
+        else m
+        for m in msgs
+    ]
+
+
+async def _ours(
+    msgs: list[dict[str, Any]], tools: list[dict[str, Any]], rounds: list[Any], repeat: int
+) -> list[Row]:
     from code_interpreter import tokens
     from code_interpreter.tokens._text import clear_memo
 
-    repeat = 5 if quick else 30
-    msgs, tools = conversation(), tool_defs()
-    counter = tokens.TokenCounter(image_hosts=(), prices_file=None)
-    est = await counter.estimate(MODEL, msgs, tools=tools)
+    def fresh() -> Any:
+        return tokens.TokenCounter(image_hosts=(), prices_file=None)
+
+    est = await fresh().estimate(MODEL, msgs, tools=tools)
     assert est.images_at_upper_bound == 0 and len(est.images) == 10, est
+    exact = _exact(lambda mo, m, t: tokens.count_request_tokens(mo, m, t))
+    counters = iter([fresh() for _ in range(repeat + 1)])  # built untimed; each used for one call
 
-    async def ours_cold() -> Any:
+    async def scratch() -> Any:
         clear_memo()
-        return await counter.estimate(MODEL, msgs, tools=tools)
+        return await next(counters).estimate(MODEL, msgs, tools=tools)
 
-    async def ours_warm() -> Any:
-        return await counter.estimate(MODEL, msgs, tools=tools)
+    counter = fresh()
+    loop = iter(rounds)
 
-    # The agent loop: each request carries the conversation so far plus one new message.
-    rng = random.Random(11)
-    grown = [msgs]
-    for j in range(repeat + 2):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 150)))
-        grown.append([*grown[-1], {"role": "assistant" if j % 2 else "user", "content": words}])
-    rounds = iter(grown[1:])
+    async def agent_loop() -> Any:
+        return await counter.estimate(MODEL, next(loop), tools=tools)
 
-    async def ours_loop() -> Any:
-        return await counter.estimate(MODEL, next(rounds), tools=tools)
-
-    rows: list[list[Any]] = []
-    results: dict[str, dict[str, float]] = {}
-    notes = [
-        f"Conversation: {len(msgs)} messages, 10 data-URL images, 5 tools; "
-        f"our count {est.input_tokens} tokens."
-    ]
-    results["code_interpreter.tokens (cold memo)"] = summarize(await time_async(ours_cold, repeat))
-    results["code_interpreter.tokens (warm)"] = summarize(await time_async(ours_warm, repeat))
+    cold = Row(SCRATCH, OURS, await time_async(scratch, repeat), est.input_tokens, exact)
     clear_memo()
     await counter.estimate(MODEL, msgs, tools=tools)  # the conversation so far was estimated last round
-    results[LOOP] = summarize(await time_async(ours_loop, repeat))
-    # The floor for any exact counter: tiktoken encoding the same texts, nothing else.
+    first = (await fresh().estimate(MODEL, rounds[0], tools=tools)).input_tokens
+    return [cold, Row(LOOP, OURS, await time_async(agent_loop, repeat), first, exact)]
+
+
+def _floor(msgs: list[dict[str, Any]], tools: list[dict[str, Any]], repeat: int) -> Row:
+    """tiktoken encoding the same texts, nothing else: the floor for any exact counter from scratch."""
     from code_interpreter.tokens._encoding import encoding_for_model, get_encoding
     from code_interpreter.tokens._tools import function_definitions, render_functions
 
     encode = get_encoding(encoding_for_model(MODEL).name).encode_ordinary
     texts = [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"] for m in msgs]
     texts += [render_functions(function_definitions(tools))]
-    results[FLOOR] = summarize(time_sync(lambda: sum(len(encode(t)) for t in texts), repeat))
-    exact = {
-        "code_interpreter.tokens (cold memo)": _exact(lambda mo, m, t: tokens.count_request_tokens(mo, m, t)),
-    }
-    exact["code_interpreter.tokens (warm)"] = exact[LOOP] = exact["code_interpreter.tokens (cold memo)"]
-    counts = {
-        "code_interpreter.tokens (cold memo)": est.input_tokens,
-        "code_interpreter.tokens (warm)": est.input_tokens,
-        LOOP: "+1 message",
-    }
+    return Row(SCRATCH, FLOOR, time_sync(lambda: sum(len(encode(t)) for t in texts), repeat))
+
+
+def _litellm(
+    msgs: list[dict[str, Any]], tools: list[dict[str, Any]], rounds: list[Any], repeat: int
+) -> list[Row]:
+    import litellm
+
+    def count(m: list[dict[str, Any]]) -> int:
+        return int(litellm.token_counter(model=MODEL, messages=m, tools=tools))  # type: ignore[arg-type]
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "may update over time" warnings
+        exact = _exact(
+            lambda mo, m, t: (
+                litellm.token_counter(model=mo, messages=m, tools=t)
+                if t
+                else litellm.token_counter(model=mo, messages=m)
+            )
+        )
+    loop = iter(rounds)
+    return [
+        Row(SCRATCH, LITELLM, time_sync(lambda: count(msgs), repeat), count(msgs), exact),
+        Row(LOOP, LITELLM, time_sync(lambda: count(next(loop)), repeat), count(rounds[0]), exact),
+    ]
+
+
+def _tokencost(msgs: list[dict[str, Any]], rounds: list[Any], repeat: int, notes: list[str]) -> list[Row]:
+    import tokencost
+
+    def count(m: list[dict[str, Any]]) -> int:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a warning per call
+            return int(tokencost.count_message_tokens(m, MODEL))
 
     try:
-        import litellm
+        count(msgs)
+    except Exception as exc:
+        notes.append(
+            f"tokencost cannot count image parts ({type(exc).__name__}); timed with the images dropped."
+        )
 
-        def lite() -> int:
-            return int(litellm.token_counter(model=MODEL, messages=msgs, tools=tools))  # type: ignore[arg-type]
+    def tc_exact(mo: str, m: Any, t: Any) -> Any:
+        if t is not None:
+            return "no tools input"
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tokencost.count_message_tokens(m, mo)
 
-        counts["litellm.token_counter"] = lite()
-        results["litellm.token_counter"] = summarize(time_sync(lite, repeat))
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "may update over time" warnings
-            exact["litellm.token_counter"] = _exact(
-                lambda mo, m, t: (
-                    litellm.token_counter(model=mo, messages=m, tools=t)
-                    if t
-                    else litellm.token_counter(model=mo, messages=m)
-                )
-            )
+    exact = _exact(tc_exact)
+    text, text_rounds = _text_only(msgs), [_text_only(r) for r in rounds]
+    loop = iter(text_rounds)
+    return [
+        Row(SCRATCH, TOKENCOST, time_sync(lambda: count(text), repeat), count(text), exact),
+        Row(LOOP, TOKENCOST, time_sync(lambda: count(next(loop)), repeat), count(text_rounds[0]), exact),
+    ]
+
+
+async def run(quick: bool) -> list[Table]:
+    """Median/p95 of estimating the conversation, ours vs litellm vs tokencost per mode, and exactness."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    repeat = 5 if quick else 30
+    msgs, tools = conversation(), tool_defs()
+    rounds = _loop_rounds(msgs, repeat + 1)  # one warm-up call, then ``repeat`` timed ones
+    notes = [f"Conversation: {len(msgs)} messages, 10 data-URL images, 5 tools."]
+    rows = await _ours(msgs, tools, rounds, repeat)
+    rows.append(_floor(msgs, tools, repeat))
+    try:
+        rows += _litellm(msgs, tools, rounds, repeat)
         notes.append(f"litellm {metadata.version('litellm')} (LITELLM_LOCAL_MODEL_COST_MAP=True).")
     except Exception as exc:
         notes.append(f"litellm not measured: {type(exc).__name__}: {exc}")
-
     try:
-        import tokencost
-
-        text_only = [
-            {**m, "content": " ".join(p.get("text", "") for p in m["content"])}
-            if isinstance(m["content"], list)
-            else m
-            for m in msgs
-        ]
-
-        def tc() -> int:
-            with contextlib.redirect_stdout(io.StringIO()):  # it prints a warning per call
-                return int(tokencost.count_message_tokens(text_only, MODEL))
-
-        try:
-            tokencost.count_message_tokens(msgs, MODEL)
-        except Exception as exc:
-            notes.append(
-                f"tokencost cannot count image parts ({type(exc).__name__}); timed with the images dropped."
-            )
-        name = "tokencost.count_message_tokens (no images, no tools)"
-        counts[name] = tc()
-        results[name] = summarize(time_sync(tc, repeat))
-
-        def tc_exact(mo: str, m: Any, t: Any) -> Any:
-            if t is not None:
-                return "no tools input"
-            with contextlib.redirect_stdout(io.StringIO()):
-                return tokencost.count_message_tokens(m, mo)
-
-        exact[name] = _exact(tc_exact)
+        rows += _tokencost(msgs, rounds, repeat, notes)
     except Exception as exc:
         notes.append(f"tokencost not measured: {type(exc).__name__}: {exc}")
 
-    others = [v["median_ms"] for k, v in results.items() if k.startswith(("litellm", "tokencost"))]
-    fastest_other = min(others) if others else None
-    for name, r in results.items():
-        ratio = fastest_other / r["median_ms"] if fastest_other else None
-        rows.append(
-            [
-                name,
-                r["median_ms"],
-                r["p95_ms"],
-                f"{ratio:.1f}x" if ratio else "-",
-                counts.get(name, "-"),
-                exact.get(name, "-"),
-            ]
-        )
-    notes.append("speed-up = the faster other library's median / this row's median (higher is better).")
-    return [
-        Table(
-            "Token estimate: 200 messages, 10 images, 5 tools",
-            [
-                "counter",
-                "median ms",
-                "p95 ms",
-                "speed-up vs faster other",
-                "prompt tokens",
-                "exact on cookbook",
-            ],
-            rows,
-            notes,
-        )
+    table = Table(
+        "Token estimate: 200 messages, 10 images, 5 tools",
+        ["mode", "counter", "median ms", "p95 ms", "speed-up vs litellm, same mode", "prompt tokens",
+         "exact on cookbook"],
+    )  # fmt: skip
+    for mode in (SCRATCH, LOOP):
+        theirs = [summarize(r.samples)["median_ms"] for r in rows if r.mode == mode and r.counter == LITELLM]
+        for r in (r for r in rows if r.mode == mode):
+            s = summarize(r.samples)
+            # tokencost counts a smaller input (no images, no tools): a ratio to it would not be like for like
+            ratio = f"{theirs[0] / s['median_ms']:.1f}x" if theirs and r.counter != TOKENCOST else "-"
+            table.rows.append([mode, r.counter, s["median_ms"], s["p95_ms"], ratio, r.tokens, r.exact])
+    table.notes = [
+        *notes,
+        f"{SCRATCH}: our per-string memo cleared and a new TokenCounter (no image-size cache) for every "
+        "call; litellm and tokencost keep no per-string cache: every call of theirs is from scratch.",
+        f"{LOOP}: call k estimates the conversation plus k new messages (10-150 words each), as a bot does "
+        "before each model request; ours keeps its memo between calls, theirs recount everything. prompt "
+        "tokens: the first of these requests.",
+        "speed-up = litellm's median in the same mode / this row's median (higher is better); litellm "
+        "counts the same input, images and tools included. tokencost counts the text only, so it has none.",
     ]
+    return [table]

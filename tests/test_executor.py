@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import _running as running
 from _executor_fixtures import require_root, small_settings, started_executor
 from code_interpreter.errors import IsolationUnavailable
 from code_interpreter.executor import ExecutionResult, Executor, FileRef, isolation_problem, resolve_isolation
@@ -184,9 +185,12 @@ async def test_per_user_cap_queues_the_rest(executor: Executor) -> None:
 
 async def test_zygote_killed_mid_execution_then_recovery(executor: Executor) -> None:
     before = executor.status()["zygote_pid"]
-    slow = asyncio.create_task(run(executor, "import time\ntime.sleep(0.5)\nprint('finished')"))
-    await asyncio.sleep(0.2)
+    marker = running.new_marker()
+    slow = asyncio.create_task(run(executor, running.latched(marker, "print('finished')"), timeout=10))
+    pid = await running.wait_for(marker)  # the child runs the user's code now, and waits for us
     await executor.kill_zygote()
+    assert running.find(marker) == pid, "the child was gone before the zygote was killed"
+    running.release(pid)
     r = await slow
     # The supervisor reports straight to the host, so a started execution survives its zygote.
     assert r.success and r.output == "finished\n", r.error
@@ -197,11 +201,14 @@ async def test_zygote_killed_mid_execution_then_recovery(executor: Executor) -> 
 
 
 async def test_restart_lets_running_executions_finish(executor: Executor) -> None:
-    slow = asyncio.create_task(run(executor, "import time\ntime.sleep(0.8)\nprint('old zygote')"))
-    await asyncio.sleep(0.2)
+    marker = running.new_marker()
+    slow = asyncio.create_task(run(executor, running.latched(marker, "print('old zygote')"), timeout=10))
+    pid = await running.wait_for(marker)  # the child runs the user's code now, and waits for us
     before = executor.status()["zygote_pid"]
     await executor.restart()
     assert executor.status()["zygote_pid"] != before
+    assert running.find(marker) == pid, "the child was gone before the restart"
+    running.release(pid)
     assert (await slow).output == "old zygote\n"
     assert (await run(executor, "print('new')")).output == "new\n"
 

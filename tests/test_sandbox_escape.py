@@ -198,10 +198,10 @@ import socket, time
 for addr in (('127.0.0.1', {port}), ('1.1.1.1', 53), ('169.254.169.254', 80)):
     t = time.monotonic()
     try:
-        socket.create_connection(addr, timeout=3).close()
+        socket.create_connection(addr, timeout=30).close()
         print('CONNECTED', addr)
     except OSError as e:
-        print('failed', addr, e.errno, round(time.monotonic() - t, 2))
+        print('failed', addr, type(e).__name__, e.errno, round(time.monotonic() - t, 2))
 try:
     socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('1.1.1.1', 53))
 except OSError as e:
@@ -209,14 +209,21 @@ except OSError as e:
 a, b = socket.socketpair()
 a.send(b'ok'); print('unix', b.recv(2))
 """
-    r = await run(executor, code)
+    # A connection left to hang runs into the execution's timeout (10 s, below the connect timeout):
+    # the execution then fails.
+    r = await run(executor, code, timeout=10)
     assert r.success, r.error
     assert "CONNECTED" not in r.output
     assert r.output.count("failed") == 4
     assert "unix b'ok'" in r.output
     assert accepted == []
-    # "At once": each attempt failed without waiting for its 3 s connect timeout.
-    assert all(float(line.split()[-1]) < 1.0 for line in r.output.splitlines() if line.startswith("failed ("))
+    # "At once": each attempt was refused with an errno, not left to run into its connect timeout.
+    # How fast a refusal is lives in the benchmarks (limits); here 10 s is only a hang guard.
+    refused = [line.split() for line in r.output.splitlines() if line.startswith("failed (")]
+    assert len(refused) == 3
+    for *_, kind, errno, seconds in refused:
+        assert kind != "TimeoutError" and errno != "None", r.output
+        assert float(seconds) < 10, r.output
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -364,7 +371,9 @@ async def test_bombs_are_contained(executor: Executor, name: str) -> None:
     )
     assert normal.success and normal.output == "6\n", everything(normal)
     assert not bomb.success
-    assert bomb.execution_time < BOMB_TIMEOUT + 1.0
+    # Stopped at its limit, not left to run: the error says which limit. The time is a hang guard only
+    # (a loaded machine tears a bomb down slowly); how long containment takes lives in the benchmarks.
+    assert bomb.execution_time < BOMB_TIMEOUT + 10
     error = bomb.error or ""
     if expected == "timeout":
         assert (
