@@ -168,7 +168,7 @@ def test_responses_example_runs_against_a_scripted_server(
     ]
     with ScriptedOpenAI(script) as server:
         env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
-        proc = _run_block(python_blocks()[2], env, tmp_path)
+        proc = _run_block(python_block('            api="responses",'), env, tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert server.paths == ["/v1/responses", "/v1/responses"]
         bodies = TypeAdapter(list[ResponseCreateParamsNonStreaming], config=ConfigDict(extra="forbid"))
@@ -177,7 +177,7 @@ def test_responses_example_runs_against_a_scripted_server(
 
 
 def test_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
-    block = python_blocks()[3]
+    block = python_block("make_tools(interp")
     assert "make_tools" in block
     proc = _run_block(block, example_env, tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -288,16 +288,22 @@ class SessionManager:
 
     # -- the public face (interp.sessions) -----------------------------------------------------------------
     async def list(self, user_id: int | str | None = None) -> list[dict[str, Any]]:
-        """Live sessions on this host (of ``user_id``, or all): id, user, state, cells, idle s, memory MB."""
+        """Live sessions on this host (of ``user_id``, or all): id, user, state, cells, idle s, memory MB.
+
+        ``memory_mb`` is what the session holds alone: the private (USS) memory of its sandboxed child and
+        of its supervisor; ``pids`` are their host pids.
+        """
         now = self.clock()
         out = []
         for s in list(self._sessions.values()):
             if user_id is not None and s.user_id != str(user_id):
                 continue
+            sup = s.channel.supervisor_pid if s.channel is not None else None
             child = s.channel.child_pid if s.channel is not None else None
+            mem = await asyncio.to_thread(_private_mb, child, sup)
             out.append({"id": s.session_id, "user_id": s.user_id, "state": s.state, "cells": s.cells,
-                        "idle_seconds": round(now - s.last_used, 1), "busy": s.busy,
-                        "memory_mb": await asyncio.to_thread(_private_mb, child)})  # fmt: skip
+                        "idle_seconds": round(now - s.last_used, 1), "busy": s.busy, "memory_mb": mem,
+                        "pids": {"supervisor": sup, "child": child}})  # fmt: skip
         return out
 
     async def reset(self, user_id: int | str, session_id: str) -> bool:
@@ -361,15 +367,17 @@ def _with_session(result: ExecutionResult, info: dict[str, Any]) -> ExecutionRes
     return dataclasses.replace(result, session=info, notes=tuple(notes))
 
 
-def _private_mb(pid: int | None) -> float | None:
-    """Private (unshared) memory of a process in MB, from smaps_rollup (None when it cannot be read)."""
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            kb = sum(
-                int(line.split()[1]) for line in fh if line.startswith(("Private_Clean", "Private_Dirty"))
-            )
-    except (OSError, ValueError, IndexError):
-        return None
+def _private_mb(*pids: int | None) -> float | None:
+    """Private (unshared) memory of processes in MB, from smaps_rollup (None when one cannot be read)."""
+    kb = 0
+    for pid in pids:
+        if not pid:
+            return None
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                kb += sum(
+                    int(line.split()[1]) for line in fh if line.startswith(("Private_Clean", "Private_Dirty"))
+                )
+        except (OSError, ValueError, IndexError):
+            return None
     return round(kb / 1024, 1)
