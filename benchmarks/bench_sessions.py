@@ -211,16 +211,16 @@ async def _save_restore(interp: CodeInterpreter, fid: str, quick: bool) -> Table
     size = 0.0
     for _ in range(reps):
         sid = f"save-{uuid.uuid4().hex[:6]}"
-        _ok(await interp.execute(LOAD.format(csv=f"FILES[{fid!r}]"), "saver", [fid], session_id=sid))
-        save.append(await _timed(lambda sid=sid: interp.sessions.close("saver", sid)))
-        doc = await interp.files.snapshots.find("saver", sid)
+        _ok(await interp.execute(LOAD.format(csv=f"FILES[{fid!r}]"), "bench", [fid], session_id=sid))
+        save.append(await _timed(lambda sid=sid: interp.sessions.close("bench", sid)))
+        doc = await interp.files.snapshots.find("bench", sid)
         size = (doc or {}).get("size", 0) / 2**20
         t = time.perf_counter()
-        r = _ok(await interp.execute("print(len(df))", "saver", session_id=sid))
+        r = _ok(await interp.execute("print(len(df))", "bench", session_id=sid))
         restore.append(time.perf_counter() - t)
         if r["session"]["state"] != "restored" or r["output"] != f"{ROWS}\n":
             raise RuntimeError(f"the session was not restored: {r['session']} {r['output']!r}")
-        await interp.sessions.reset("saver", sid)
+        await interp.sessions.reset("bench", sid)
     table = Table(
         f"Save and restore a session holding a {ROWS:,}-row DataFrame", ["step", "n", "median ms", "p95 ms"]
     )

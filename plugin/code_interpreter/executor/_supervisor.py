@@ -22,6 +22,7 @@ import os
 import select
 import signal
 import socket
+import time
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -283,13 +284,11 @@ def _save(warm: Warm, chan: Any, request: dict[str, Any]) -> None:
     for fd in (warm.pidfd, warm.fds["st"], warm.fds["out"], warm.fds["err"]):
         if fd == warm.pidfd or fd in warm.open_fds:
             poller.register(fd, select.POLLIN)
-    deadline = SAVE_TIMEOUT_S * 1000
-    while not status.items and status.error is None and deadline > 0:
-        events = poller.poll(500)
-        deadline -= 500
-        for fd, _ev in events:
+    deadline = time.monotonic() + SAVE_TIMEOUT_S
+    while not status.items and status.error is None and time.monotonic() < deadline:
+        for fd, _ev in poller.poll(500):
             if fd == warm.pidfd:
-                deadline = 0
+                deadline = 0.0
             else:
                 data = ctx.streams.read_into(fd, poller, warm.open_fds)
                 if fd == warm.fds["st"]:
