@@ -95,7 +95,6 @@ class SessionManager:
         self._sessions: dict[tuple[str, str], Session] = {}
         self._restarted: dict[tuple[str, str], float] = {}  # died since their last cell: the next says so
         self._sweeper: asyncio.Task[None] | None = None
-        self._closing = False
 
     # -- cells ---------------------------------------------------------------------------------------------
     async def run_cell(
@@ -143,11 +142,12 @@ class SessionManager:
         notes: list[str],
         on_event: EventCallback | None,
     ) -> ExecutionResult:
-        timeout = limit
         inputs = ex.inputs(files, session.names)
+        if not session.alive:
+            await self._make_room(session)  # before taking a slot: saving others can take a while
         frame: dict[str, Any] = {
             "code": code,
-            "timeout": timeout,
+            "timeout": limit,
             "files": inputs,
             "stream": on_event is not None,
         }
@@ -155,7 +155,6 @@ class SessionManager:
             started = time.perf_counter()
             snapshot = b""
             if not session.alive:
-                await self._make_room(session)
                 snapshot, state, restore_notes = await self._snapshot_for(session)
                 notes = [*notes, *restore_notes]
                 try:
@@ -173,7 +172,7 @@ class SessionManager:
             try:
                 await channel.send(frame, snapshot)
                 result, header = await ex.await_result(
-                    channel, ex.outcome(timeout, notes), on_event, started, session=True
+                    channel, ex.outcome(limit, notes), on_event, started, session=True
                 )
             except SandboxCrashed as exc:
                 await ex.kill_and_verify(channel)
@@ -330,7 +329,6 @@ class SessionManager:
 
     async def close_all(self) -> None:
         """Shutdown: save and stop every live session."""
-        self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,9 +1,9 @@
 """A session's snapshot, made and read inside the sandbox (never by the host): a zip of its state.
 
-``manifest.json`` (format, what was saved and what was not, and why), ``state.pkl`` (the picklable
-variables, pickled together with cloudpickle so functions and classes defined in cells come along
-and shared references stay shared), ``modules.json`` (module aliases, re-imported on restore) and
-``work/…`` (the files in the working directory). Values that cannot be pickled (generators, open
+``manifest.json`` (format, what was saved and what was not and why, module aliases to import again),
+``state.pkl`` (the picklable variables, pickled together with cloudpickle so functions and classes
+defined in cells come along and shared references stay shared) and ``work/…`` (the files in the
+working directory), deflated at level 1. Values that cannot be pickled (generators, open
 files, sockets, locks) are named in the manifest; when the whole is over the cap, the largest values
 (then files) are left out and named too. Unpickling happens in the new session's own sandbox.
 """
@@ -45,25 +45,64 @@ def _human(size: int) -> str:
 def dump(
     namespace: dict[str, Any], work_dir: str, cap: int, *, skip: set[str], inputs: set[str]
 ) -> tuple[bytes, list[str]]:
-    """Pickle the session's variables and collect its work-dir files, within ``cap`` bytes (0: no cap)."""
+    """Pickle the session's variables and collect its work-dir files, within ``cap`` bytes (0: no cap).
+
+    The cap counts the pickled values and the files before compression. The common case takes one
+    pass: everything pickled together. Only when that fails (an unpicklable value) or is over the cap
+    is each value pickled alone, to name what cannot be saved and to leave out the largest first.
+    """
     lib, lib_name = _pickler()
     modules: dict[str, str] = {}
-    sizes: dict[str, int] = {}
-    skipped: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for name, value in list(namespace.items()):
         if name.startswith("__") or name in skip or name == "_":
             continue
         if isinstance(value, types.ModuleType):
             modules[name] = value.__name__
-            continue
+        else:
+            values[name] = value
+    files = _work_files(work_dir, inputs)
+    budget = cap if cap > 0 else None
+    skipped: dict[str, str] = {}
+    try:
+        state = lib.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        state = None
+    if state is None or (budget is not None and len(state) + sum(size for _, size in files) > budget):
+        sizes = _sizes(lib, values, skipped)
+        _fit(sizes, files, budget, skipped)
+        values = {name: values[name] for name in sizes}
+        state = lib.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+    manifest = {"format": FORMAT, "pickler": lib_name, "saved": sorted(values), "modules": modules,
+                "files": [rel for rel, _ in files], "skipped": skipped}  # fmt: skip
+    buf = io.BytesIO()
+    # Level 1: a DataFrame's pickle shrinks several times for a fraction of the time storing it would take.
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest))
+        zf.writestr("state.pkl", state)
+        for rel, _size in files:
+            zf.write(os.path.join(work_dir, rel), "work/" + rel)
+    notes = [f"saved {len(values)} variable(s), {len(modules)} module(s), {len(files)} file(s)"]
+    notes += [f"not saved: {name} ({why})" for name, why in sorted(skipped.items())]
+    return buf.getvalue(), notes
+
+
+def _sizes(lib: Any, values: dict[str, Any], skipped: dict[str, str]) -> dict[str, int]:
+    """Each value's pickled size alone; the ones that cannot be pickled go to ``skipped``, with why."""
+    sizes: dict[str, int] = {}
+    for name, value in values.items():
         try:
             sizes[name] = len(lib.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
         except Exception as exc:
             skipped[name] = f"{type(value).__name__} cannot be saved ({type(exc).__name__})"
-    files = _work_files(work_dir, inputs)
-    budget = cap if cap > 0 else None
+    return sizes
+
+
+def _fit(
+    sizes: dict[str, int], files: list[tuple[str, int]], budget: int | None, skipped: dict[str, str]
+) -> None:
+    """Over the cap, leave out the largest values first, then the largest files, until it fits."""
     total = sum(sizes.values()) + sum(size for _, size in files)
-    # Over the cap: leave out the largest values first, then the largest files, until it fits.
     while budget is not None and total > budget and (sizes or files):
         if sizes and (not files or max(sizes.values()) >= max(size for _, size in files)):
             name = max(sizes, key=sizes.__getitem__)
@@ -74,18 +113,6 @@ def dump(
             skipped[f"file {rel}"] = f"{_human(size)}, over the {_human(budget)} snapshot cap"
             files.remove((rel, size))
             total -= size
-    state = lib.dumps({name: namespace[name] for name in sizes}, protocol=pickle.HIGHEST_PROTOCOL)
-    manifest = {"format": FORMAT, "pickler": lib_name, "saved": sorted(sizes), "modules": modules,
-                "files": [rel for rel, _ in files], "skipped": skipped}  # fmt: skip
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("manifest.json", json.dumps(manifest))
-        zf.writestr("state.pkl", state)
-        for rel, _size in files:
-            zf.write(os.path.join(work_dir, rel), "work/" + rel)
-    notes = [f"saved {len(sizes)} variable(s), {len(modules)} module(s), {len(files)} file(s)"]
-    notes += [f"not saved: {name} ({why})" for name, why in sorted(skipped.items())]
-    return buf.getvalue(), notes
 
 
 def _work_files(work_dir: str, inputs: set[str]) -> list[tuple[str, int]]:
