@@ -210,6 +210,22 @@ class FileManager:
         result: Path | None = await self._retry(op, f"copy {doc['filename']} to the local cache")
         return result
 
+    async def storage_totals(self) -> dict[str, int]:
+        """Files stored for all users and their bytes (expired ones count until a cleanup deletes them).
+
+        Returns ``{"files": n, "bytes": b}`` from one aggregation (the seed's status read every document).
+        """
+        pipeline = [{"$group": {"_id": None, "files": {"$sum": 1}, "bytes": {"$sum": "$file_size"}}}]
+
+        async def op() -> list[dict[str, Any]]:
+            cursor = await self.meta.aggregate(pipeline)
+            return [d async for d in cursor]
+
+        rows: list[dict[str, Any]] = await self._retry(op, "count stored files")
+        if not rows:
+            return {"files": 0, "bytes": 0}
+        return {"files": int(rows[0]["files"]), "bytes": int(rows[0]["bytes"])}
+
     # -- deletion --------------------------------------------------------------
     async def delete_user_file(self, file_id: str, user_id: int | str) -> bool:
         """Delete the owner's file (metadata, GridFS bytes, cache copy); False if not theirs or not found."""
