@@ -48,6 +48,7 @@ PUBLIC_NAMES = [
     "ToolContext",
     "ToolDispatcher",
     "ToolResult",
+    "aclose_default_interpreters",
     "cleanup_expired_files",
     "delete_user_file",
     "execute_code",
@@ -144,9 +145,9 @@ def test_the_entry_points_outside_the_root_stay_where_users_find_them() -> None:
     assert '"execute_python_code"' in schema.read_text(encoding="utf-8")
 
 
-def test_helpers_for_shutdown_are_not_exported() -> None:
-    assert "aclose_default_interpreters" not in ci.__all__
-    assert callable(compat.aclose_default_interpreters)
+def test_the_shutdown_helper_is_exported() -> None:
+    """Bots close the default interpreters at shutdown: ``await ci.aclose_default_interpreters()``."""
+    assert ci.aclose_default_interpreters is compat.aclose_default_interpreters
 
 
 def test_package_approval_needs_no_database() -> None:
