@@ -139,6 +139,28 @@ def test_openai_example_runs_against_a_scripted_server(example_env: dict[str, st
     json.dumps(lines)  # printable, plain text
 
 
+def test_the_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
+    proc = _run_block(section_block("## Register with LangChain"), example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Status: success" in proc.stdout and "42" in proc.stdout
+
+
+def test_the_seed_example_runs_through_the_module_functions(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    proc = _run_block(section_block("## The seed's module functions"), example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "True 8 ''",  # the seed documents error == "" on success
+        "['sales.csv']",
+        "48 50 True",
+        "False",
+        "True",
+        "True",
+        "0",
+    ]
+
+
 def test_the_status_example_is_what_status_returns(example_env: dict[str, str], tmp_path: Path) -> None:
     """Every key of the README's status example is in the real status, with a value of the same type."""
     shown = json.loads(section_block("## Command line", lang="json"))
