@@ -87,6 +87,8 @@ def test_run_failure_and_bad_usage(tmp_path: Path, cli_env: dict[str, str]) -> N
     assert proc.returncode == 1
     assert "ValueError: nope" in proc.stderr
     _one_line_error(run_cli("run", "missing.py", env=cli_env, cwd=tmp_path), 2, "cannot read missing.py")
+    stdin_data = run_cli("run", "bad.py", "--file", "-", env=cli_env, cwd=tmp_path)
+    _one_line_error(stdin_data, 2, "save the data to a file")
 
 
 def test_files_upload_list_delete_cleanup_status(tmp_path: Path, cli_env: dict[str, str]) -> None:

@@ -154,7 +154,9 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
     stored: list[str] = []
     for item in args.file:
         path = Path(item)
-        if item != "-" and await asyncio.to_thread(path.exists):
+        if item == "-":
+            raise UsageProblem("--file - (stdin) is not supported: save the data to a file and pass its path")
+        if await asyncio.to_thread(path.exists):
             local.append((path, await read_local(path)))
         elif FILE_ID_RE.fullmatch(item):
             stored.append(item)
