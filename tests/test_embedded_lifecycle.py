@@ -187,3 +187,22 @@ async def test_a_user_arriving_while_the_last_one_leaves(home: Path, delay: floa
         assert current(home) == mine and _pid_running(mine["pid"])  # not stopped under us, not replaced
         assert (await fm.upload_file(7, b"arrived", "b.txt"))["success"]
     assert await gone(mine["pid"], mine["watchdog_pid"])
+
+
+async def test_a_killed_watchdog_takes_its_server_along_and_users_get_a_new_one(home: Path) -> None:
+    """kill -9 of the watchdog: its server gets SIGTERM (parent-death signal) and stops cleanly; the
+    live user's next call starts a new server on the same port and finds every acknowledged file."""
+    settings = settings_for(home)
+    async with Storage(settings, retry=FAST) as storage:
+        fm = FileManager(storage.db, settings)
+        kept = await fm.upload_file(7, b"kept across", "k.txt")
+        first = current(home)
+        os.kill(first["watchdog_pid"], signal.SIGKILL)
+        assert await gone(first["pid"])  # not orphaned: it followed its watchdog
+        async with asyncio.timeout(HANG_GUARD_S):
+            assert await fm.read_file(kept["file_id"], 7) == b"kept across"
+        second = current(home)
+        assert second["pid"] != first["pid"] and second["port"] == first["port"]
+        assert _pid_running(second["watchdog_pid"])
+        assert (await fm.upload_file(7, b"after", "a.txt"))["success"]
+    assert await gone(second["pid"], second["watchdog_pid"])
