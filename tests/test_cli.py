@@ -62,6 +62,7 @@ def test_demo_with_the_embedded_database(tmp_path: Path, cli_env: dict[str, str]
     assert "Status: success" in out
     assert "Revenue by region:" in out and "Total revenue:" in out
     assert "input tokens" in out and "cost $" in out
+    assert "creating the sandbox runtime" not in out  # it exists already: the demo does not say it makes it
     png = tmp_path / "code-interpreter-output" / "revenue_by_month.png"
     assert f"Saved {png}" in out
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
@@ -86,6 +87,8 @@ def test_run_failure_and_bad_usage(tmp_path: Path, cli_env: dict[str, str]) -> N
     assert proc.returncode == 1
     assert "ValueError: nope" in proc.stderr
     _one_line_error(run_cli("run", "missing.py", env=cli_env, cwd=tmp_path), 2, "cannot read missing.py")
+    stdin_data = run_cli("run", "bad.py", "--file", "-", env=cli_env, cwd=tmp_path)
+    _one_line_error(stdin_data, 2, "save the data to a file")
 
 
 def test_files_upload_list_delete_cleanup_status(tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -97,7 +100,7 @@ def test_files_upload_list_delete_cleanup_status(tmp_path: Path, cli_env: dict[s
     listed = run_cli("--user-id", "u9", "files", "list", "--json", env=cli_env, cwd=tmp_path)
     assert [f["file_id"] for f in json.loads(listed.stdout)] == [file_id]
     other = run_cli("--user-id", "someone-else", "files", "delete", file_id, env=cli_env, cwd=tmp_path)
-    _one_line_error(other, 1, "not found (or not yours)", file_id)
+    _one_line_error(other, 1, "not found (or not yours, as user 'someone-else')", file_id)
     gone = run_cli("--user-id", "u9", "files", "delete", file_id, env=cli_env, cwd=tmp_path)
     assert gone.returncode == 0 and gone.stdout.strip() == f"deleted {file_id}"
     empty = run_cli("--user-id", "u9", "files", "list", env=cli_env, cwd=tmp_path)
@@ -156,3 +159,212 @@ def test_chat_against_a_scripted_server(tmp_path: Path, cli_env: dict[str, str])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "The sum is 5050"
     assert "2 request(s)" in proc.stderr
+
+
+# -- a newcomer's first hour (#15) ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _files(user: str, env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+    listed = run_cli("files", "list", "--json", "--user-id", user, env=env, cwd=cwd)
+    assert listed.returncode == 0, listed.stderr
+    return list(json.loads(listed.stdout))
+
+
+def test_options_work_after_the_action(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    up = run_cli("files", "upload", "notes.txt", "--user-id", "42", env=cli_env, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    file_id = up.stdout.split()[0]
+    assert [f["file_id"] for f in _files("42", cli_env, tmp_path)] == [file_id]
+    before = run_cli("--user-id", "42", "files", "list", env=cli_env, cwd=tmp_path)
+    assert before.stdout.startswith(file_id)  # before the command too
+    assert _files("cli", cli_env, tmp_path) == []  # the default user is another one
+
+
+def test_files_without_an_action_or_an_id_says_what_it_needs(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    bare = run_cli("files", env=cli_env, cwd=tmp_path)
+    assert bare.returncode == 2 and "files needs an action: list, upload, delete" in bare.stderr
+    delete = run_cli("files", "delete", env=cli_env, cwd=tmp_path)
+    assert delete.returncode == 2 and "files delete needs the id of at least one file" in delete.stderr
+    assert "files list" in delete.stderr  # where the ids are
+
+
+def test_run_help_says_how_files_reach_the_script_and_what_is_kept(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    text = " ".join(run_cli("run", "--help", env=cli_env, cwd=tmp_path).stdout.split())
+    assert "visible by its name in the working directory" in text
+    assert "load_file('<file_id>')" in text and "FILES dict" in text
+    assert "id of a file stored for --user-id" in text
+    assert "48 h by default" in text and "--no-store" in text
+    assert "default 60, at most 300" in text  # the settings' limits
+    lowered = " ".join(
+        run_cli(
+            "run", "--help", env={**cli_env, "CODE_INTERPRETER_MAX_TIMEOUT": "120"}, cwd=tmp_path
+        ).stdout.split()
+    )
+    assert "default 60, at most 120" in lowered
+
+
+def test_run_with_a_stored_file_id_then_without_keeping_copies(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n3,4\n")
+    up = run_cli("files", "upload", "data.csv", "--user-id", "u1", env=cli_env, cwd=tmp_path)
+    stored_id = up.stdout.split()[0]
+    (tmp_path / "s.py").write_text(
+        f"df = load_file({stored_id!r})\nprint(int(df['b'].sum()))\nopen('out.txt', 'w').write('x')\n"
+    )
+    kept = run_cli(
+        "run", "s.py", "--file", stored_id, "--user-id", "u1", "--out", "o1", env=cli_env, cwd=tmp_path
+    )
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout == "6\n"
+    assert "stay stored for 48 h under user 'u1'" in kept.stderr and "--no-store" in kept.stderr
+    assert sorted(f["filename"] for f in _files("u1", cli_env, tmp_path)) == ["data.csv", "out.txt"]
+
+    (tmp_path / "t.py").write_text("df = load_file('data.csv')\nopen('again.txt', 'w').write(str(len(df)))\n")
+    none = run_cli(
+        "run", "t.py", "--file", "data.csv", "--no-store", "--user-id", "u1", env=cli_env, cwd=tmp_path
+    )
+    assert none.returncode == 0, none.stderr
+    assert (tmp_path / "code-interpreter-output" / "again.txt").read_text() == "2"  # saved locally
+    assert "stay stored" not in none.stderr
+    assert sorted(f["filename"] for f in _files("u1", cli_env, tmp_path)) == [
+        "data.csv",
+        "out.txt",
+    ]  # no new copy
+
+    missing = run_cli(
+        "run", "s.py", "--file", "user_u1_1_abcdef", "--user-id", "u1", env=cli_env, cwd=tmp_path
+    )
+    _one_line_error(missing, 2, "no such local file, and no stored file with that id for user 'u1'")
+    elsewhere = run_cli("run", "s.py", "--file", stored_id, env=cli_env, cwd=tmp_path)  # user 'cli'
+    _one_line_error(elsewhere, 2, stored_id, "for user 'cli'")
+
+
+def test_limits_are_said_as_options(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(30)\n")
+    proc = run_cli("run", "slow.py", "--timeout", "1", env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "pass --timeout up to 300" in proc.stderr and "timeout=" not in proc.stderr
+    over = run_cli("run", "slow.py", "--timeout", "999", env=cli_env, cwd=tmp_path)
+    assert over.returncode == 2 and "--timeout 999 exceeds the maximum of 300 s" in over.stderr
+
+
+def test_tokens_reads_stdin_and_says_when_an_image_is_at_its_upper_bound(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this picture?"},
+                    {"type": "image_url", "image_url": {"url": "https://images.example/cat.png"}},
+                ],
+            }
+        ],
+    }
+    text = run_cli("tokens", "-", env=cli_env, cwd=tmp_path, stdin=json.dumps(body))
+    assert text.returncode == 0, text.stderr
+    assert "1 image(s) counted at their upper bound (messages[0].content[1])" in text.stdout
+    as_json = run_cli("tokens", "-", "--json", env=cli_env, cwd=tmp_path, stdin=json.dumps(body))
+    assert [i["source"] for i in json.loads(as_json.stdout)["images"]] == ["upper-bound"]
+    _one_line_error(run_cli("tokens", "-", env=cli_env, cwd=tmp_path, stdin="{"), 2, "stdin is not JSON")
+
+
+def test_connection_errors_name_the_endpoint(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    port = _free_port()  # nothing listens there
+    db = run_cli(
+        "files", "list", env={**cli_env, "MONGODB_URI": f"mongodb://127.0.0.1:{port}/"}, cwd=tmp_path
+    )
+    _one_line_error(db, 1, f"127.0.0.1:{port}", "MONGODB_URI")
+    base = f"http://127.0.0.1:{_free_port()}/v1"
+    chat = run_cli(
+        "chat", "hi", env={**cli_env, "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": base}, cwd=tmp_path
+    )
+    assert chat.returncode == 1
+    assert f"cannot reach the model API at {base}" in chat.stderr and "OPENAI_BASE_URL" in chat.stderr
+
+
+def test_the_progress_bar_never_shows_a_question_mark_or_cuts_a_word() -> None:
+    import io
+
+    from code_interpreter.cli.util import StderrProgress
+
+    out = io.StringIO()
+    progress = StderrProgress(out)
+    long = "Installing numpy pandas matplotlib seaborn scipy openpyxl pyarrow pillow into the sandbox runtime"
+    progress(long, None)
+    progress("Installing", 0.5)
+    first, second = out.getvalue().splitlines()
+    assert "?" not in first and "working" in first
+    shown = first.split("]", 1)[1].strip()
+    assert shown.endswith("…") and long.startswith(shown[:-1]) and long[len(shown) - 1] == " "
+    assert second.startswith("[##############..............]  50% Installing")
+
+
+async def test_usage_table_from_records_the_agent_loop_writes(
+    tmp_path: Path, cli_env: dict[str, str], mongo_uri: str, db_name: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pymongo import AsyncMongoClient
+
+    from code_interpreter import tokens
+    from code_interpreter.tokens import UsageStore
+
+    now = [datetime(2026, 11, 25, 10, 0, tzinfo=UTC)]
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        store = UsageStore(client[db_name], clock=lambda: now[0])
+        counter = tokens.TokenCounter(image_hosts=(), prices_file=None)
+        for model, user, actual_delta in [("gpt-4o", 7, 0), ("gpt-4o", 7, 3), ("gpt-4o-mini", 8, -1)]:
+            est = await counter.estimate(model, [{"role": "user", "content": "Sum 1..10"}])
+            rid = await store.record_usage(user_id=user, model=model, estimate=est)
+            usage = {"prompt_tokens": est.input_tokens + actual_delta, "completion_tokens": 20}
+            await store.record_usage(user_id=user, model=model, usage=usage, request_id=rid)
+            now[0] += timedelta(days=1)
+        n = est.input_tokens  # the same prompt: the same estimate on both encodings here
+    finally:
+        await client.close()
+
+    rows = json.loads(run_cli("usage", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert [(r["model"], r["requests"], r["measured"], r["input_abs_error"]) for r in rows] == [
+        ("gpt-4o", 2, 2, 3),
+        ("gpt-4o-mini", 1, 1, 1),
+    ]
+    assert rows[1]["estimated_input_tokens"] == n and rows[1]["actual_input_tokens"] == n - 1
+
+    table = run_cli("usage", env=cli_env, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["model", "requests", "measured", "est.", "input", "actual", "input", "error",
+                                "mean", "|err|", "output", "cost", "USD"]  # fmt: skip
+    gpt4o = lines[1].split()
+    assert gpt4o[:3] == ["gpt-4o", "2", "2"] and gpt4o[5] == f"{-3 / (2 * n + 3) * 100:+.1f}%"
+    assert gpt4o[6] == "1.5"  # mean |error| per measured request, in tokens
+    assert lines[3].split()[0] == "total" and lines[3].split()[1] == "3"
+
+    by_day = json.loads(
+        run_cli("usage", "--by", "day", "--since", "2026-11-26", "--json", env=cli_env, cwd=tmp_path).stdout
+    )
+    assert [(r["day"], r["requests"]) for r in by_day] == [("2026-11-26", 1), ("2026-11-27", 1)]
+    mine = json.loads(
+        run_cli("usage", "--by", "user", "--user-id", "7", "--json", env=cli_env, cwd=tmp_path).stdout
+    )
+    assert [(r["user_id"], r["requests"]) for r in mine] == [
+        (7, 2)
+    ]  # "7" on the command line, 7 in the records
+    bad = run_cli("usage", "--since", "last week", env=cli_env, cwd=tmp_path)
+    _one_line_error(bad, 2, "--since 'last week' is not a date", "YYYY-MM-DD")

@@ -70,6 +70,12 @@ def python_block(marker: str) -> str:
     return found[0]
 
 
+def section_block(heading: str, lang: str = "python") -> str:
+    """The first ```lang block of the README section under ``heading`` (e.g. "## Command line")."""
+    section = README.read_text().split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
 def test_settings_table_matches_the_code() -> None:
     text = README.read_text()
     assert readme_with_table(text) == text, "README settings table is stale: run `python tests/test_docs.py`"
@@ -182,6 +188,51 @@ def test_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> 
     proc = _run_block(block, example_env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines() == ["success 42", "success call_2"]
+
+
+def test_the_seed_example_runs_through_the_module_functions(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    proc = _run_block(section_block("## The seed's module functions"), example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "True 8 ''",  # the seed documents error == "" on success
+        "['sales.csv']",
+        "48 50 True",
+        "False",
+        "True",
+        "True",
+        "0",
+    ]
+
+
+def test_the_status_example_is_what_status_returns(example_env: dict[str, str], tmp_path: Path) -> None:
+    """Every key of the README's status example is in the real status, with a value of the same type."""
+    shown = json.loads(section_block("## Command line", lang="json"))
+    probe = "import asyncio, json, code_interpreter as ci\n"
+    probe += "async def main():\n    print(json.dumps(await ci.get_interpreter_status(), default=str))\n"
+    probe += "    await ci.aclose_default_interpreters()\nasyncio.run(main())\n"
+    proc = _run_block(probe, example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    real = json.loads(proc.stdout)
+
+    def same_shape(example: Any, actual: Any, where: str) -> None:
+        if isinstance(example, dict):
+            assert isinstance(actual, dict), where
+            for key, value in example.items():
+                assert key in actual, f"{where}.{key} is not in the status any more"
+                same_shape(value, actual[key], f"{where}.{key}")
+        elif example is not None:
+            number = (int, float)
+            ok = (
+                isinstance(actual, number)
+                if isinstance(example, number)
+                else isinstance(actual, type(example))
+            )
+            assert ok, (where, example, actual)
+
+    same_shape(shown, real, "status")
+    assert set(shown["installed_packages"]) <= set(real["installed_packages"])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Expiry at the exact boundary (injected clock); cleanup: batched, idempotent, two processes; reconcile."""
+"""Expiry at the exact boundary (injected clock); cleanup: one pass, windowed, idempotent, two processes."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -85,6 +86,75 @@ async def test_cleanup_counts_and_removes_everything(
     assert await counts(mongo_db) == (1, 1, 1)
     assert [p.name for p in fm.cache_dir.iterdir()] == []
     assert await fm.cleanup_expired_files() == 0
+
+
+async def test_windows_delete_only_what_matched(
+    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings]
+) -> None:
+    """A window is a range of file ids: files of other lifetimes whose ids fall inside it stay whole."""
+    clock = Clock()
+    short = FileManager(mongo_db, make_settings(file_expiration_hours=1.0), clock=clock, cleanup_batch=4)
+    long = FileManager(mongo_db, make_settings(file_expiration_hours=100.0), clock=clock)
+    gone, kept = [], {}
+    for i in range(12):  # same second, random suffixes: the two kinds interleave in id order
+        gone.append((await short.upload_file(5, os.urandom(300), f"s{i}.bin"))["file_id"])
+        data = os.urandom(300_000)  # two chunks each
+        kept[(await long.upload_file(5, data, f"l{i}.bin"))["file_id"]] = data
+    ids = sorted([*gone, *kept])
+    assert any(a in kept and b in gone for a, b in itertools.pairwise(ids)), "no interleaving"
+    clock.now = T0 + timedelta(hours=2)
+    assert await short.cleanup_expired_files() == len(gone)
+    assert sorted(f["file_id"] for f in await long.list_user_files(5)) == sorted(kept)
+    for file_id, data in kept.items():
+        assert await long.read_file(file_id, 5) == data
+    assert await counts(mongo_db) == (len(kept), len(kept), 2 * len(kept))
+
+
+async def test_cleanup_reads_the_expired_metadata_once(
+    mongo_uri: str, db_name: str, make_settings: Callable[..., Settings]
+) -> None:
+    """Regression (#15): each batch re-ran the expired-files query (quadratic on SecantusDB, 1,128 s for
+    100,000 files) and deleted by ``$in`` lists, which SecantusDB matches candidate by candidate."""
+    from pymongo import AsyncMongoClient, monitoring
+
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, dict[str, Any]]] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            self.seen.append((event.command_name, dict(event.command)))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    listener = Commands()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
+    try:
+        clock = Clock()
+        fm = FileManager(
+            client[db_name], make_settings(file_expiration_hours=1.0), clock=clock, cleanup_batch=5
+        )
+        await fm.ensure_indexes()
+        for i in range(23):
+            assert (await fm.upload_file(i % 3, os.urandom(100), f"{i}.bin"))["success"]
+        clock.now = T0 + timedelta(hours=2)
+        listener.seen.clear()
+        assert await fm.cleanup_expired_files() == 23
+        finds = [c for name, c in listener.seen if name == "find" and c["find"] == COLLECTION]
+        assert len(finds) == 1  # one pass; the rest of the stream comes by getMore
+        meta_deletes = [c for name, c in listener.seen if name == "delete" and c["delete"] == COLLECTION]
+        assert len(meta_deletes) == 5  # windows of 5: 5 + 5 + 5 + 5 + 3
+        for command in meta_deletes:
+            (statement,) = command["deletes"]
+            assert set(statement["q"]["file_id"]) == {"$gte", "$lte"}  # a range on the unique index
+            assert command["writeConcern"]["j"] is True  # durable before any byte is deleted
+        assert await counts(client[db_name]) == (0, 0, 0)
+    finally:
+        await client.drop_database(db_name)
+        await client.close()
 
 
 async def test_deleting_an_expired_file_reports_not_found_but_removes_it(

@@ -48,6 +48,7 @@ PUBLIC_NAMES = [
     "ToolContext",
     "ToolDispatcher",
     "ToolResult",
+    "aclose_default_interpreters",
     "cleanup_expired_files",
     "delete_user_file",
     "execute_code",
@@ -97,7 +98,18 @@ TOKENS_NAMES = [
     "patch_count",
 ]
 
-SEED_STATUS_KEYS = {"venv_exists", "python_path", "installed_packages", "package_count", "last_cleanup"}
+# Every key of the seed's get_interpreter_status().
+SEED_STATUS_KEYS = {
+    "venv_exists",
+    "python_path",
+    "installed_packages",
+    "package_count",
+    "last_cleanup",
+    "total_user_files",
+    "total_file_size_mb",
+    "file_expiration_hours",
+    "max_file_size_mb",
+}
 
 
 # -- exported names ------------------------------------------------------------------------------------
@@ -133,9 +145,9 @@ def test_the_entry_points_outside_the_root_stay_where_users_find_them() -> None:
     assert '"execute_python_code"' in schema.read_text(encoding="utf-8")
 
 
-def test_helpers_for_shutdown_are_not_exported() -> None:
-    assert "aclose_default_interpreters" not in ci.__all__
-    assert callable(compat.aclose_default_interpreters)
+def test_the_shutdown_helper_is_exported() -> None:
+    """Bots close the default interpreters at shutdown: ``await ci.aclose_default_interpreters()``."""
+    assert ci.aclose_default_interpreters is compat.aclose_default_interpreters
 
 
 def test_package_approval_needs_no_database() -> None:
@@ -244,8 +256,13 @@ async def test_module_functions_through_the_environment(
     status = await ci.get_interpreter_status()
     assert set(status) >= SEED_STATUS_KEYS
     assert status["venv_exists"] is True and status["python_path"] == str(sandbox_runtime.python)
-    assert isinstance(status["installed_packages"], list)
+    # Everything in the runtime, the baseline included, as the seed's list of names.
+    assert {"numpy", "pandas", "matplotlib"} <= set(status["installed_packages"])
     assert status["package_count"] == len(status["installed_packages"])
+    assert isinstance(status["on_demand_packages"], list)  # those installed for a call, shown apart
+    assert status["file_expiration_hours"] == 48 and status["max_file_size_mb"] == 50
+    stored_before = status["total_user_files"]
+    assert isinstance(stored_before, int) and isinstance(status["total_file_size_mb"], float | int)
     assert status["isolation"] == "strict"
     layers = status["layers"]
     assert layers is not None and status["executor"]["started"] is True
@@ -257,6 +274,7 @@ async def test_module_functions_through_the_environment(
 
     up = await ci.upload_file(3, b"1\n2\n3\n", "n.txt")
     assert await mongo_db["user_files"].count_documents({"file_id": up["file_id"]}) == 1  # the env's database
+    assert (await ci.get_interpreter_status())["total_user_files"] == stored_before + 1
     code = f"print(sum(int(x) for x in open(FILES[{up['file_id']!r}])))"
     result = await ci.execute_code(code, 3, user_files=[up["file_id"]], timeout=0)
     assert result["success"], result["error"]

@@ -7,6 +7,7 @@ small retry bounds so a failure is reported in seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -165,24 +166,37 @@ async def test_handler_modes(mongo_db: AsyncDatabase[Any], make_settings: Callab
 # -- embedded server -------------------------------------------------------------------------------
 
 
+IDLE_S = 0.5  # the embedded server outlives its last user by this much in these tests
+
+
 @pytest.fixture
 async def embedded_home(tmp_path: Path) -> AsyncIterator[Path]:
-    """A data dir of the test's own; any server left running in it is stopped afterwards."""
+    """A data dir of the test's own; a server still running there afterwards fails the test."""
     home = tmp_path / "ehome"
     yield home
     lock = home / "db" / "server.lock"
     if lock.exists() and lock.read_text().strip():
-        pid = int(json.loads(lock.read_text())["pid"])
-        if _pid_running(pid):
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not _pid_running(pid):
-                    break
-                await asyncio.sleep(0.1)
+        rec = json.loads(lock.read_text())
+        pids = [p for p in (rec["pid"], rec.get("watchdog_pid")) if p]
+        if not await gone(*pids, within_s=HANG_GUARD_S):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"the embedded server {pids} outlived its last user")
+
+
+async def gone(*pids: int, within_s: float) -> bool:
+    """True once none of ``pids`` runs (polled; ``within_s`` only bounds a hang)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while any(_pid_running(p) for p in pids):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def embedded_settings(home: Path) -> Settings:
-    return Settings(home=home, mongodb_uri=None, database="emb")
+    return Settings(home=home, mongodb_uri=None, database="emb", embedded_idle_s=IDLE_S)
 
 
 async def run_snippet(code: str) -> str:
@@ -224,7 +238,8 @@ async def test_embedded_start_reuse_by_another_process_and_stop(embedded_home: P
             from code_interpreter.storage import Storage
             from code_interpreter.files import FileManager
             async def main():
-                s = Storage(Settings(home={str(embedded_home)!r}, mongodb_uri=None, database="emb"))
+                s = Storage(Settings(home={str(embedded_home)!r}, mongodb_uri=None, database="emb",
+                                     embedded_idle_s={IDLE_S}))
                 await s.start()
                 data = await FileManager(s.db, s.settings).read_file({up["file_id"]!r}, 7)
                 print(json.dumps({{**s.describe(), "data": data.decode()}}))
@@ -236,11 +251,13 @@ async def test_embedded_start_reuse_by_another_process_and_stop(embedded_home: P
         assert other["owner"] is False
         assert other["data"] == "shared bytes"
         assert record(embedded_home)["pid"] == rec["pid"]
-        await storage.ping()  # the other process's close() left our server running
+        await asyncio.sleep(IDLE_S * 3)
+        await storage.ping()  # the other process's close() left our server running: we still use it
+        assert _pid_running(rec["pid"])
     finally:
         await storage.close()
-    assert not _pid_running(rec["pid"])  # the owner stopped it
-    assert (embedded_home / "db" / "server.lock").read_text() == ""
+    # The last user has gone: its watchdog stops the server, and itself.
+    assert await gone(rec["pid"], rec["watchdog_pid"], within_s=HANG_GUARD_S)
 
 
 async def test_embedded_stale_lock_is_replaced(embedded_home: Path) -> None:
@@ -285,32 +302,33 @@ async def test_embedded_kill_9_restarts_and_keeps_acknowledged_files(embedded_ho
                 assert data is not None and hashlib.sha256(data).hexdigest() == hashlib.sha256(p).hexdigest()
         new = record(embedded_home)
         assert new["pid"] != old["pid"] and new["port"] == old["port"]
-        assert storage.describe()["owner"] is True  # this process restarted it, so it stops it
+        assert storage.describe()["owner"] is True  # this process restarted it
         assert (await fm.upload_file(1, b"after the crash", "g.txt"))["success"]
         assert len(await fm.list_user_files(1)) == len(payloads) + 1
     finally:
         await storage.close()
-    assert not _pid_running(new["pid"])  # the restarted server is stopped by its owner too
+    assert await gone(new["pid"], new["watchdog_pid"], within_s=HANG_GUARD_S)  # a restarted one stops too
 
 
-async def test_non_owner_restarts_a_server_its_owner_stopped(embedded_home: Path) -> None:
+async def test_the_starter_leaving_never_cuts_off_another_user(embedded_home: Path) -> None:
     settings = embedded_settings(embedded_home)
-    owner, user = Storage(settings, retry=FAST), Storage(settings, retry=FAST)
-    await owner.start()
+    starter, user = Storage(settings, retry=FAST), Storage(settings, retry=FAST)
+    await starter.start()
     await user.start()
     try:
-        assert user.describe()["owner"] is False
+        assert starter.describe()["owner"] is True and user.describe()["owner"] is False
         fm = FileManager(user.db, settings)
         r = await fm.upload_file("u", b"kept", "k.txt")
-        first = record(embedded_home)["pid"]
-        await owner.close()  # stops the server under the other user
-        assert not _pid_running(first)
-        async with asyncio.timeout(HANG_GUARD_S):
-            assert await fm.read_file(r["file_id"], "u") == b"kept"
-        assert user.describe()["owner"] is True
+        first = record(embedded_home)
+        await starter.close()  # the process that started it is done with it
+        await asyncio.sleep(IDLE_S * 4)  # well past the idle time: still one user
+        assert _pid_running(first["pid"]) and record(embedded_home) == first
+        assert await fm.read_file(r["file_id"], "u") == b"kept"
+        assert (await fm.upload_file("u", b"more", "m.txt"))["success"]
     finally:
         await user.close()
-        await owner.close()
+        await starter.close()
+    assert await gone(first["pid"], first["watchdog_pid"], within_s=HANG_GUARD_S)
 
 
 async def test_dead_external_server_gives_storage_unavailable(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tokens
 from .compat import (
+    aclose_default_interpreters,
     cleanup_expired_files,
     delete_user_file,
     execute_code,
@@ -69,6 +70,7 @@ __all__ = [
     "ToolContext",
     "ToolDispatcher",
     "ToolResult",
+    "aclose_default_interpreters",
     "cleanup_expired_files",
     "delete_user_file",
     "execute_code",

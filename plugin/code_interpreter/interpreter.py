@@ -323,8 +323,19 @@ class CodeInterpreter:
                 executor_status = {"started": False, "error": str(exc)}
         if self._executor is not None:
             executor_status = {"started": True, **self._executor.status()}
+        stored: dict[str, int | None] = {"files": None, "bytes": None}
+        if storage["reachable"]:
+            try:
+                stored = {**await self.files.storage_totals()}
+            except CodeInterpreterError as exc:  # the server went away since the ping
+                storage["error"] = str(exc)
+        mb = None if stored["bytes"] is None else round(stored["bytes"] / 2**20, 2)
         return {
             **self.packages.status(),
+            "total_user_files": stored["files"],
+            "total_file_size_mb": mb,
+            "file_expiration_hours": _whole(self.settings.file_expiration_hours),
+            "max_file_size_mb": _whole(round(self.settings.max_file_size / 2**20, 2)),
             "storage": storage,
             "isolation": self.isolation[0],
             "isolation_reason": self.isolation[1],
@@ -334,6 +345,11 @@ class CodeInterpreter:
             "policy": self.settings.policy,
             "settings": self.settings.to_dict(),
         }
+
+
+def _whole(value: float) -> float | int:
+    """An int when the value is whole (the seed reported 48 and 50, not 48.0)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _invalid_character(code: str, exc: UnicodeEncodeError) -> str:

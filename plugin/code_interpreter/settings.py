@@ -78,6 +78,8 @@ class Settings:
     """MongoDB URI (env ``MONGODB_URI``); None starts the embedded SecantusDB server."""
     database: str = "code_interpreter"
     """Database name used in MongoDB."""
+    embedded_idle_s: float = 3.0
+    """Seconds the embedded server outlives the last process using it (killed ones included)."""
 
     file_expiration_hours: float = FILE_TTL_HOURS
     """Hours an uploaded or generated file is kept; -1 keeps files forever."""
@@ -270,6 +272,8 @@ class Settings:
             raise ConfigurationError(
                 f"default_timeout ({self.default_timeout}) must not exceed max_timeout ({self.max_timeout})"
             )
+        if self.embedded_idle_s < 0:
+            raise ConfigurationError(f"embedded_idle_s must be >= 0 seconds, got {self.embedded_idle_s!r}")
         if self.file_expiration_hours == 0:
             raise ConfigurationError("file_expiration_hours must be positive, or -1 to keep files forever")
         if not isinstance(self.home, Path):

@@ -105,6 +105,25 @@ async def test_summaries_by_model_day_and_user(mongo_db: AsyncDatabase[Any]) -> 
         await store.usage_summary(group_by="hour")  # type: ignore[arg-type]
 
 
+async def test_summaries_compare_estimates_with_actual_usage(mongo_db: AsyncDatabase[Any]) -> None:
+    """What a cost dashboard checks first: how far the estimates were from what the API reported."""
+    store = UsageStore(mongo_db)
+    est = await make_estimate()  # "hello" on gpt-4o
+    n = est.input_tokens
+    for actual in (n, n + 4, n - 2):  # estimate first, the actual usage after, as the agent loop does
+        rid = await store.record_usage(user_id=1, model="gpt-4o", estimate=est)
+        await store.record_usage(
+            user_id=1, model="gpt-4o", usage={"prompt_tokens": actual, "completion_tokens": 3}, request_id=rid
+        )
+    await store.record_usage(user_id=1, model="gpt-4o", estimate=est)  # no usage yet: not measured
+    await store.record_usage(user_id=1, model="gpt-4o", usage={"prompt_tokens": 50, "completion_tokens": 1})
+    (row,) = await store.usage_summary()
+    assert (row["requests"], row["measured"], row["estimated_only"]) == (5, 3, 1)
+    assert row["estimated_input_tokens"] == 3 * n
+    assert row["actual_input_tokens"] == 3 * n + 2
+    assert row["input_abs_error"] == 0 + 4 + 2
+
+
 async def test_indexes_exist(mongo_db: AsyncDatabase[Any]) -> None:
     store = UsageStore(mongo_db)
     await store.ensure_indexes()

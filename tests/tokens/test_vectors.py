@@ -126,7 +126,7 @@ def test_tool_choice_and_shapes() -> None:
     assert tokens.count_tool_tokens(COOKBOOK_TOOLS, "gpt-4o", "none") == base + 1
     named = {"type": "function", "function": {"name": "get_current_weather"}}
     name_tokens = tokens.count_text_tokens("get_current_weather", "gpt-4o")
-    assert tokens.count_tool_tokens(COOKBOOK_TOOLS, "gpt-4o", named) == base + name_tokens + 4
+    assert tokens.count_tool_tokens(COOKBOOK_TOOLS, "gpt-4o", named) == base + name_tokens + 7
     # The Responses API's flat definition counts the same as the Chat one.
     flat = [{"type": "function", **COOKBOOK_TOOLS[0]["function"]}]
     assert tokens.count_tool_tokens(flat, "gpt-4o") == base

@@ -1,7 +1,8 @@
 """The ``code-interpreter`` command line (entry point ``code_interpreter.cli:main``).
 
-- :mod:`.main` — the parser and the commands (demo, run, files, cleanup, status, tokens, chat);
-- :mod:`.chat` — the agent loop in a terminal; :mod:`.util` — progress bar and file helpers.
+- :mod:`.main` — the parser and the entry point;
+- :mod:`.commands` — demo, run, files, cleanup, status, tokens; :mod:`.usage` — the usage table;
+- :mod:`.chat` — the agent loop in a terminal; :mod:`.util` — progress bar, messages, file helpers.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ SYSTEM = (
 
 async def chat(args: argparse.Namespace, settings: Settings, progress: Any, interp_cm: Any) -> int:
     """Run prompts (one from the command line, or one per stdin line) through run_agent."""
-    from .util import UsageProblem, read_local, save_files
+    from .commands import user_of
+    from .util import UsageProblem, for_cli, read_local, save_files
 
     if not os.environ.get("OPENAI_API_KEY"):
         raise UsageProblem(
@@ -33,17 +34,18 @@ async def chat(args: argparse.Namespace, settings: Settings, progress: Any, inte
     from ..tools import ToolContext
 
     client = openai.AsyncOpenAI(max_retries=0)  # run_agent's tenacity policy owns the retries
+    user = user_of(args)
     async with interp_cm as interp:
         file_lines = []
         for p in args.file:
             data = await read_local(p)
-            up = await interp.files.upload_file(args.user_id, data, Path(p).name)
+            up = await interp.files.upload_file(user, data, Path(p).name)
             if not up.get("success"):
-                raise UsageProblem(f"uploading {p} failed: {up.get('error')}")
+                raise UsageProblem(f"uploading {p} failed: {for_cli(str(up.get('error')))}")
             file_lines.append(f"- {Path(p).name}: file_id {up['file_id']}")
         system = SYSTEM + ("\n" + "\n".join(file_lines) if file_lines else "\n(no files uploaded)")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        context = ToolContext(user_id=args.user_id, model=args.model)
+        context = ToolContext(user_id=user, model=args.model)
         prompts = [args.prompt] if args.prompt else (line.strip() for line in sys.stdin)
         try:
             for prompt in prompts:
@@ -64,8 +66,17 @@ async def chat(args: argparse.Namespace, settings: Settings, progress: Any, inte
                 )
                 for path in save_files(result.generated_files, args.output):
                     print(f"saved {path}", file=sys.stderr)
+        except openai.APIConnectionError as exc:
+            print(
+                f"code-interpreter: error: cannot reach the model API at {client.base_url} ({exc}); "
+                "check OPENAI_BASE_URL and the network",
+                file=sys.stderr,
+            )
+            return 1
         except openai.APIError as exc:
-            print(f"code-interpreter: error: the model API failed: {exc}", file=sys.stderr)
+            print(
+                f"code-interpreter: error: the model API at {client.base_url} failed: {exc}", file=sys.stderr
+            )
             return 1
         finally:
             await client.close()

@@ -1,24 +1,50 @@
-"""Shared pieces of the command line: progress bar, reading local files, saving results, estimates."""
+"""Shared pieces of the command line: progress bar, messages, local files, saved results, estimates."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StderrProgress", "UsageProblem", "estimate_line", "read_local", "sample", "save_files"]
+__all__ = [
+    "StderrProgress",
+    "UsageProblem",
+    "clip_words",
+    "estimate_line",
+    "for_cli",
+    "read_local",
+    "sample",
+    "save_files",
+]
+
+MESSAGE_WIDTH = 70
 
 
 class UsageProblem(Exception):
     """A problem with how the command was called (exit code 2)."""
 
 
+def clip_words(text: str, width: int = MESSAGE_WIDTH) -> str:
+    """``text`` on one line, at most ``width`` characters, cut between words (with an ellipsis)."""
+    text = " ".join(text.split())
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + "…"
+
+
 class StderrProgress:
-    """A progress callback drawing a one-line bar on stderr (plain lines when stderr is not a terminal)."""
+    """A progress callback drawing a one-line bar on stderr (plain lines when stderr is not a terminal).
+
+    A step whose length is unknown shows a bar with the word "working" instead of a percentage.
+    """
 
     def __init__(self, stream: Any = None, width: int = 28) -> None:
         """Draw on ``stream`` (default sys.stderr)."""
@@ -30,12 +56,13 @@ class StderrProgress:
 
     def __call__(self, message: str, fraction: float | None) -> None:
         """Report progress: a message and a fraction in 0..1, or None when unknown."""
-        message = " ".join(message.split())[:70]
+        message = clip_words(message)
         if fraction is None:
-            bar = "[" + "." * self.width + "]   ?%"
+            bar = "[" + " working ".center(self.width, ".") + "]     "
         else:
-            filled = round(max(0.0, min(1.0, fraction)) * self.width)
-            bar = f"[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:3.0f}%"
+            done = max(0.0, min(1.0, fraction))
+            filled = round(done * self.width)
+            bar = f"[{'#' * filled}{'.' * (self.width - filled)}] {done * 100:3.0f}%"
         if self.tty:
             self.stream.write(f"\r\x1b[2K{bar} {message}")
             self._drawn = True
@@ -52,8 +79,27 @@ class StderrProgress:
             self._drawn = False
 
 
+# Results speak to the model, which passes tool arguments; on the command line those are options.
+_FOR_CLI = (
+    (re.compile(r"\bpass timeout= up to (\d+)"), r"pass --timeout up to \1"),
+    (
+        re.compile(r"Ask the user to upload it again and use the new file id"),
+        "upload it again (code-interpreter files upload FILE) and pass the new id with --file",
+    ),
+)
+
+
+def for_cli(message: str) -> str:
+    """A message written for the model, reworded for a person at a terminal (options, not arguments)."""
+    for pattern, replacement in _FOR_CLI:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 async def read_local(path: Path | str) -> bytes:
-    """Read a local file off the event loop; an unreadable one is a usage problem."""
+    """Read a local file (``-`` is stdin) off the event loop; an unreadable one is a usage problem."""
+    if str(path) == "-":
+        return await asyncio.to_thread(sys.stdin.buffer.read)
     try:
         return await asyncio.to_thread(Path(path).read_bytes)
     except OSError as exc:
@@ -61,10 +107,12 @@ async def read_local(path: Path | str) -> bytes:
 
 
 def sample(name: str) -> bytes:
+    """A sample data file shipped with the package (data/samples/)."""
     return resources.files("code_interpreter").joinpath("data", "samples", name).read_bytes()
 
 
 def save_files(files: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write generated files (dicts with ``filename`` and ``data``) into ``out_dir``; their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = []
     for f in files:
@@ -79,6 +127,7 @@ def save_files(files: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def estimate_line(estimate: Any) -> str:
+    """One line (plus warnings) for a token estimate: tokens, the cost range, images at their upper bound."""
     d = estimate.to_dict() if hasattr(estimate, "to_dict") else dict(estimate)
     tokens = d.get("input_tokens", d.get("total_input_tokens"))
     parts = [f"{tokens:,} input tokens" if isinstance(tokens, int) else "input tokens unknown"]
@@ -94,6 +143,13 @@ def estimate_line(estimate: Any) -> str:
     elif isinstance(d.get("cost_usd"), int | float):
         parts.append(f"cost ${d['cost_usd']:.6f}")
     line = ", ".join(parts)
+    bounded = [i for i in d.get("images") or () if isinstance(i, dict) and i.get("source") == "upper-bound"]
+    if bounded:
+        where = ", ".join(str(i.get("where")) for i in bounded[:3]) + (" …" if len(bounded) > 3 else "")
+        line += (
+            f"\n  note: {len(bounded)} image(s) counted at their upper bound ({where}): their size is not "
+            "known without fetching them; the real count can only be lower"
+        )
     for w in d.get("warnings") or ():
         line += f"\n  warning: {w}"
     return line

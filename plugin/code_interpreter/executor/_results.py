@@ -67,7 +67,7 @@ class ExecutionResult:
     output: str
     """Captured stdout (capped; head and tail kept)."""
     error: str | None
-    """Traceback (user line numbers), timeout or sandbox message; None on success."""
+    """Traceback (user line numbers), timeout or sandbox message; None on success ("" in ``to_dict``)."""
     stderr: str
     """Captured stderr (capped; head and tail kept)."""
     execution_time: float
@@ -86,11 +86,11 @@ class ExecutionResult:
     """``{"id", "state", "cell"}`` for a cell of a session; None for a one-shot execution."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The seed's result dict (generated files under ``generated_files``)."""
+        """The seed's result dict (generated files under ``generated_files``; ``error`` is "" on success)."""
         return {
             "success": self.success,
             "output": self.output,
-            "error": self.error,
+            "error": self.error or "",
             "execution_time": self.execution_time,
             "return_code": self.return_code,
             "stderr": self.stderr,

@@ -2,6 +2,7 @@
 
 - :mod:`.manager` — :class:`FileManager` (upload, list, read, materialize, delete, cleanup, reconcile);
 - :mod:`.blobs` — the GridFS bucket, written chunk by chunk with a running sha256;
+- :mod:`.deletion` — deleting many files at once (cleanup, a user's files, quota eviction);
 - :mod:`.cache` — verified local copies the sandbox reads;
 - :mod:`.names` — safe file names and file types sniffed from the bytes;
 - :mod:`.orphans` — what a crash left behind, for reconcile.

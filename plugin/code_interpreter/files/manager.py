@@ -40,6 +40,7 @@ from ..settings import Settings
 from ..storage.retry import RetryContext, RetryPolicy, context_for, with_retries
 from . import cache
 from .blobs import CODEC, BlobStore, BlobTooLarge
+from .deletion import delete_where
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
 from .snapshots import SnapshotStore
@@ -51,7 +52,7 @@ T = TypeVar("T")
 
 COLLECTION = "user_files"
 BUCKET = "file_blobs"
-CLEANUP_BATCH = 500
+CLEANUP_BATCH = 1000
 RECONCILE_GRACE_S = 3600.0  # an upload still streaming has a blob without metadata for this long at most
 
 
@@ -214,6 +215,22 @@ class FileManager:
         result: Path | None = await self._retry(op, f"copy {doc['filename']} to the local cache")
         return result
 
+    async def storage_totals(self) -> dict[str, int]:
+        """Files stored for all users and their bytes (expired ones count until a cleanup deletes them).
+
+        Returns ``{"files": n, "bytes": b}`` from one aggregation (the seed's status read every document).
+        """
+        pipeline = [{"$group": {"_id": None, "files": {"$sum": 1}, "bytes": {"$sum": "$file_size"}}}]
+
+        async def op() -> list[dict[str, Any]]:
+            cursor = await self.meta.aggregate(pipeline)
+            return [d async for d in cursor]
+
+        rows: list[dict[str, Any]] = await self._retry(op, "count stored files")
+        if not rows:
+            return {"files": 0, "bytes": 0}
+        return {"files": int(rows[0]["files"]), "bytes": int(rows[0]["bytes"])}
+
     # -- deletion --------------------------------------------------------------
     async def delete_user_file(self, file_id: str, user_id: int | str) -> bool:
         """Delete the owner's file (metadata, GridFS bytes, cache copy); False if not theirs or not found."""
@@ -357,25 +374,9 @@ class FileManager:
         return None
 
     async def _delete_where(self, query: dict[str, Any]) -> int:
-        total = 0
-        while True:
-            docs = await self._retry(
-                lambda: self.meta.find(query, {"file_id": 1}).limit(self.cleanup_batch).to_list(None),
-                "find files",
-            )
-            ids = [d["file_id"] for d in docs]
-            if not ids:
-                return total
-            # By file_id alone: ids are unique and never reused, and documents are never updated, so
-            # re-checking ``query`` adds nothing; it also made SecantusDB scan the expires_at
-            # range for every batch (20x slower).
-            total += await _finish_if_cancelled(self._delete_batch(ids))
-
-    async def _delete_batch(self, ids: list[str]) -> int:
-        res = await self._retry(partial(self.meta.delete_many, {"file_id": {"$in": ids}}), "delete files")
-        await self.blobs.delete(ids)
-        await cache.remove(self.cache_dir, ids)
-        return int(res.deleted_count)
+        return await delete_where(
+            query, self.meta, self._meta_ack, self.blobs, self.cache_dir, self._retry, self.cleanup_batch
+        )
 
     async def _sweep_cache(self, now: datetime) -> None:
         names = await cache.listed_ids(self.cache_dir)
@@ -401,20 +402,6 @@ class FileManager:
                 raise
             except Exception:  # keep the loop alive: the next round may find the server back
                 log.exception("cleanup of expired files failed; retrying in %.0f s", interval_s)
-
-
-async def _finish_if_cancelled(aw: Awaitable[T]) -> T:
-    """Await ``aw``; if the caller is cancelled meanwhile, let ``aw`` finish first, then re-raise.
-
-    A cleanup batch deletes metadata, then bytes, then cache copies: stopping between those steps
-    would leave orphans for the next reconcile, so stop_cleanup_task() waits for the batch instead.
-    """
-    task = asyncio.ensure_future(aw)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
 
 
 def _journaled(wc: WriteConcern) -> WriteConcern:

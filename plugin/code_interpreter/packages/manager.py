@@ -347,17 +347,22 @@ class PackageManager:
         return self._record.entries()
 
     def status(self) -> dict[str, Any]:
-        """Runtime status for get_interpreter_status()."""
+        """Runtime status for get_interpreter_status().
+
+        ``installed_packages`` names every distribution in the runtime (the baseline numpy, pandas …
+        included), as the seed's list of names; ``on_demand_packages`` are those installed for a call.
+        """
         rt = self.runtime
-        packages = self.installed_packages()
+        everything = sorted(self.installed_distributions(rt)) if rt.exists() else []
         last = self._record.last_cleanup
         return {
             "venv_exists": rt.exists(),
             "python_path": str(rt.python),
             "runtime_path": str(rt.path),
             "python_version": rt.version,
-            "installed_packages": packages,
-            "package_count": len(packages),
+            "installed_packages": everything,
+            "package_count": len(everything),
+            "on_demand_packages": self.installed_packages(),
             "last_cleanup": None if last is None else _iso(last),
             "needs_rebuild": self.needs_rebuild(),
             "pip_calls": self.pip_calls,

@@ -63,7 +63,8 @@ class Storage:
                 register_context(client, self._context(server_name(client), None))
                 self._client, db = client, client[self.settings.database]
             else:
-                self._embedded = EmbeddedServer(self.settings.home / "db")
+                root = self.settings.home / "db"
+                self._embedded = EmbeddedServer(root, idle_s=self.settings.embedded_idle_s)
                 rec = await self._embedded.ensure()
                 client = self._open_client(f"mongodb://127.0.0.1:{rec.port}/?directConnection=true")
                 register_context(client, self._context(f"127.0.0.1:{rec.port} (embedded)", self._recover))
@@ -96,7 +97,7 @@ class Storage:
         )
 
     async def close(self) -> None:
-        """Close the client this object opened; stop the embedded server only if this process started it."""
+        """Close the client this object opened and leave the embedded server (it stops once unused)."""
         async with self._lock:
             client, self._client, self._db = self._client, None, None
             if client is not None:

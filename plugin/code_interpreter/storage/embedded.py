@@ -1,19 +1,27 @@
-"""The embedded SecantusDB server: started as a child process, shared by every process on one home.
+"""The embedded SecantusDB server: shared by every process on one home, stopped when the last one goes.
 
 Layout under ``settings.home / "db"``::
 
     data/            WiredTiger files of the server (``--storage-path``)
-    server.lock      fcntl lock + JSON {"pid", "port", "storage_path", "started_at"}
-    server.log       the server's stdout/stderr
+    server.lock      fcntl lock + JSON {"pid", "port", "storage_path", "started_at", "watchdog_pid"}
+    users.lock       a shared flock held by every process using the server
+    server.log       the server's (and its watchdog's) output
 
-Protocol: a process takes an exclusive ``flock`` on ``server.lock`` only while it checks or
-(re)starts the server. If the recorded server is alive (pid running, its command line names
-our data dir, its port accepts connections) it is reused; otherwise (no record, a stale record
-after a crash or reboot) this process starts a new one and records it. A crashed server is
-restarted on the *same* port when possible, so clients already connected to it recover
-without being rebuilt. Only the process that started a server stops it (on close); a process
-that reused a server leaves it running. WiredTiger's own lock on the data dir is the last
-guard against two servers on the same files.
+Lifecycle. A process that uses the server first takes a shared ``flock`` on ``users.lock`` and
+holds it until it closes its storage; the kernel drops it when the process dies, kill -9
+included. The server runs under a small watchdog (:mod:`._watchdog`) that stops it cleanly
+once it could take ``users.lock`` exclusively for ``settings.embedded_idle_s`` seconds. So no
+server outlives its last user by more than that, however the users ended, and a process
+still holding its shared lock is never cut off: the watchdog cannot take the lock while it
+does. A process joins *before* it relies on the server: shared lock first, then the check.
+
+Start and reuse. A process takes an exclusive ``flock`` on ``server.lock`` only while it checks
+or (re)starts the server. If the recorded server is alive (pid running, its command line names
+our data dir, its port accepts connections, its watchdog running) it is reused; otherwise (no
+record, a stale record after a crash, a reboot, or a server its watchdog stopped) this process
+starts a new one and records it. A crashed server is restarted on the *same* port when
+possible, so clients already connected to it recover without being rebuilt. WiredTiger's own
+lock on the data dir is the last guard against two servers on the same files.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ __all__ = ["EmbeddedServer", "ServerRecord"]
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 LOCK_TIMEOUT_S = 90.0
+IDLE_S = 3.0
+STOP_WAIT_S = 30.0
+WATCHDOG = Path(__file__).with_name("_watchdog.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +65,8 @@ class ServerRecord:
     """Its data directory."""
     started_at: float
     """Unix time it was started."""
+    watchdog_pid: int | None = None
+    """Process id of its watchdog (None for a server recorded by an older version)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view."""
@@ -62,19 +75,25 @@ class ServerRecord:
             "port": self.port,
             "storage_path": self.storage_path,
             "started_at": self.started_at,
+            "watchdog_pid": self.watchdog_pid,
         }
 
 
 class EmbeddedServer:
-    """Start, reuse, restart and stop the SecantusDB server of one data directory."""
+    """Join, start, reuse and restart the SecantusDB server of one data directory."""
 
-    def __init__(self, root: Path, *, start_timeout_s: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self, root: Path, *, start_timeout_s: float = START_TIMEOUT_S, idle_s: float = IDLE_S
+    ) -> None:
         self.root = Path(root)
         self.data_dir = self.root / "data"
         self.lock_path = self.root / "server.lock"
+        self.users_path = self.root / "users.lock"
         self.log_path = self.root / "server.log"
         self.start_timeout_s = start_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.idle_s = idle_s
+        self._users_fd: int | None = None
+        self._started: ServerRecord | None = None
         self._record: ServerRecord | None = None
         self._mutex = asyncio.Lock()
 
@@ -86,26 +105,26 @@ class EmbeddedServer:
 
     @property
     def owned(self) -> bool:
-        """True when this process started the recorded server (and so must stop it)."""
-        return (
-            self._proc is not None
-            and self._record is not None
-            and self._proc.pid == self._record.pid
-            and self._proc.poll() is None
-        )
+        """True when this process started the recorded server (it stops by itself once unused)."""
+        return self._started is not None and self._started == self._record
 
     async def ensure(self) -> ServerRecord:
-        """Return a running server: the recorded one if alive, else one started now (same port if known)."""
-        async with self._mutex, self._locked() as fd:
-            rec = _read_record(fd)
-            if rec is not None and self._alive(rec):
-                self._record = rec
+        """Join the server's users, then return it: the recorded one if alive, else one started now."""
+        async with self._mutex:
+            await self._join()
+            starting = "while starting the embedded server"
+            async with self._locked(self.lock_path, fcntl.LOCK_EX, starting) as fd:
+                rec = _read_record(fd)
+                if rec is not None and self._alive(rec):
+                    self._record = rec
+                    return rec
+                port = rec.port if rec is not None else (self._record.port if self._record else None)
+                if rec is not None and _cmdline_mentions(rec.pid, str(self.data_dir)):
+                    await _wait_gone(rec.pid, STOP_WAIT_S)  # stopping (its watchdog died): free the port
+                rec = await self._start(port)
+                _write_record(fd, rec)
+                self._started = self._record = rec
                 return rec
-            port = rec.port if rec is not None else (self._record.port if self._record else None)
-            rec = await self._start(port)
-            _write_record(fd, rec)
-            self._record = rec
-            return rec
 
     async def recover(self) -> None:
         """Restart the server if it died (the retry hook); a live server is left alone."""
@@ -120,67 +139,57 @@ class EmbeddedServer:
             )
 
     async def stop(self) -> None:
-        """Stop the server if this process started it; otherwise only forget it."""
-        proc = self._proc
-        if proc is None:
+        """Stop using the server: release this process's share; its watchdog stops it once unused."""
+        async with self._mutex:
+            fd, self._users_fd = self._users_fd, None
+            if fd is not None:
+                os.close(fd)  # closing the descriptor releases the shared flock
             self._record = None
-            return
-        async with self._mutex, self._locked() as fd:
-            rec = _read_record(fd)
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    await asyncio.to_thread(proc.wait, 15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    await asyncio.to_thread(proc.wait)
-            else:
-                proc.wait()
-            if rec is not None and rec.pid == proc.pid:
-                _write_record(fd, None)
-        self._proc = None
-        self._record = None
+            self._started = None
 
     # -- internals -----------------------------------------------------------
+    async def _join(self) -> None:
+        """Hold a shared flock on users.lock (waits while a watchdog is stopping the server)."""
+        if self._users_fd is not None:
+            return
+        async with self._locked(self.users_path, fcntl.LOCK_SH, "while stopping the embedded server") as fd:
+            self._users_fd = os.dup(fd)  # the duplicate shares the lock and outlives the context
+
     @contextlib.asynccontextmanager
-    async def _locked(self) -> AsyncIterator[int]:
+    async def _locked(self, path: Path, mode: int, doing: str) -> AsyncIterator[int]:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             deadline = time.monotonic() + LOCK_TIMEOUT_S
             while True:  # poll instead of a blocking flock so the event loop keeps running
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         raise StorageUnavailable(
-                            f"another process holds {self.lock_path} for over {LOCK_TIMEOUT_S:.0f} s "
-                            "while starting the embedded server; check that process or remove the file"
+                            f"another process holds {path} for over {LOCK_TIMEOUT_S:.0f} s {doing}; "
+                            "check that process (see server.log beside it) or remove the file"
                         ) from None
                     await asyncio.sleep(0.05)
             yield fd
         finally:
-            os.close(fd)  # closing the descriptor releases the flock
+            os.close(fd)
 
     def _alive(self, rec: ServerRecord) -> bool:
-        if self._proc is not None and self._proc.pid == rec.pid and self._proc.poll() is not None:
-            return False  # our own child died (poll() also reaps the zombie)
         if not _pid_running(rec.pid):
             return False
         if not _cmdline_mentions(rec.pid, str(self.data_dir)):
             return False  # the pid was reused by an unrelated process
+        if rec.watchdog_pid is not None and not _pid_running(rec.watchdog_pid):
+            return False  # killed with its watchdog: the server got SIGTERM and is going away
         return _port_open(rec.port)
 
     async def _start(self, port: int | None) -> ServerRecord:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._proc is not None:
-            with contextlib.suppress(Exception):
-                self._proc.wait(0)
-            self._proc = None
         if port is None or _port_open(port) or not _port_free(port):
             port = _free_port()
-        cmd = [
+        server_cmd = [
             sys.executable,
             "-m",
             "secantus",
@@ -192,22 +201,30 @@ class EmbeddedServer:
             str(self.data_dir),
             "--log-level",
             "WARNING",
+            # No replica-set advertisement, so no oplog: nothing here uses change streams or
+            # transactions, and an oplog entry per written document halves delete throughput.
+            "--standalone",
         ]
-        proc = await asyncio.to_thread(_spawn, cmd, self.log_path)
+        cmd = [sys.executable, "-I", str(WATCHDOG), str(self.root), repr(self.idle_s), "--", *server_cmd]
+        pids = await asyncio.to_thread(_launch, cmd, self.log_path, self.start_timeout_s)
+        server_pid, watchdog_pid = pids
         deadline = time.monotonic() + self.start_timeout_s
         while not _port_open(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                if proc.poll() is None:
-                    proc.kill()
-                await asyncio.to_thread(proc.wait)
+            if not _pid_running(server_pid) or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(watchdog_pid, signal.SIGTERM)  # it stops the server it started
                 raise StorageUnavailable(
-                    f"the embedded SecantusDB server did not start on {HOST}:{port} "
-                    f"(exit code {proc.returncode}); see {self.log_path}, "
+                    f"the embedded SecantusDB server did not start on {HOST}:{port}; see {self.log_path}, "
                     "or set MONGODB_URI to use a real MongoDB"
                 )
             await asyncio.sleep(0.05)
-        self._proc = proc
-        return ServerRecord(pid=proc.pid, port=port, storage_path=str(self.data_dir), started_at=time.time())
+        return ServerRecord(
+            pid=server_pid,
+            port=port,
+            storage_path=str(self.data_dir),
+            started_at=time.time(),
+            watchdog_pid=watchdog_pid,
+        )
 
     def kill_for_tests(self) -> None:
         """SIGKILL the recorded server (crash simulation for tests and benchmarks)."""
@@ -216,12 +233,34 @@ class EmbeddedServer:
                 os.kill(self._record.pid, signal.SIGKILL)
 
 
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _launch(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, int]:
+    """Start the watchdog (which starts the server); (server pid, watchdog pid) from its handshake."""
     with open(log_path, "ab") as log:
-        # Own session: a Ctrl-C aimed at this process must not kill a server others may share.
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        # Own session: a Ctrl-C aimed at this process must not reach a server others may share.
+        launcher = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
         )
+    assert launcher.stdout is not None
+    with launcher.stdout:
+        line = launcher.stdout.readline()  # the watchdog writes one line, then closes its end
+    launcher.wait(timeout_s)  # the launcher exits as soon as it has forked the watchdog
+    try:
+        hello = json.loads(line)
+        return int(hello["server_pid"]), int(hello["watchdog_pid"])
+    except (ValueError, KeyError, TypeError):
+        raise StorageUnavailable(
+            f"the embedded server's watchdog did not start (exit code {launcher.returncode}); "
+            f"see {log_path}, or set MONGODB_URI to use a real MongoDB"
+        ) from None
+
+
+async def _wait_gone(pid: int, limit_s: float) -> None:
+    """Wait (bounded) until ``pid`` has exited, so its port is free again."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not _pid_running(pid):
+            return
+        await asyncio.sleep(0.05)
 
 
 def _read_record(fd: int) -> ServerRecord | None:
@@ -231,7 +270,14 @@ def _read_record(fd: int) -> ServerRecord | None:
         raw += chunk
     try:
         d = json.loads(raw.decode())
-        return ServerRecord(int(d["pid"]), int(d["port"]), str(d["storage_path"]), float(d["started_at"]))
+        watchdog = d.get("watchdog_pid")
+        return ServerRecord(
+            int(d["pid"]),
+            int(d["port"]),
+            str(d["storage_path"]),
+            float(d["started_at"]),
+            int(watchdog) if watchdog is not None else None,
+        )
     except (ValueError, KeyError, TypeError):
         return None  # empty or garbled: treated as no server
 

@@ -2,14 +2,20 @@
 
 Per message: 3 tokens of framing, the role, the content, and for a ``name`` its tokens + 1; the
 reply is primed with 3 more (the cookbook's rule for every current chat model: 129 tokens on
-cl100k models and 124 on o200k for its example). Tool calls follow hmarr/openai-chat-tokens'
-measured rule for function calls (name + arguments + 3; a tool/function result 2 fewer) —
-OpenAI does not publish that format, so those are estimates.
+cl100k models and 124 on o200k for its example).
+
+Tool calls are rendered the way the API's measured counts say the model sees them: a call is a
+message whose header is ``assistant to=functions.<name>`` and whose body is the arguments
+(3 + header + arguments), and a tool (or legacy function) result is a message whose author is
+the called function's name (3 + name + content), the name found through ``tool_call_id``. Those
+two rules reproduce every published API measurement we found on cl100k models (see
+tests/tokens/test_vectors.py); several calls in one assistant message (parallel calls) go
+through a wrapper the API does not publish, so they are counted one by one, with a warning.
 
 Responses-API input items are counted as their Chat Completions equivalent (OpenAI publishes no
-measured figures for them): a ``message`` item as the message, ``function_call`` items as the
-tool calls of one assistant message (the calls that follow an assistant message or another call
-share its framing), a ``function_call_output`` as a tool message whose ``input_text`` parts are its
+measured figures for them): a ``message`` item as the message, each ``function_call`` item as one
+call of an assistant message (each call is a message of its own in both APIs), a
+``function_call_output`` as a tool message whose ``input_text`` parts are its
 text and whose ``input_image`` parts are priced as images. So one conversation counts the same
 through either API.
 
@@ -38,8 +44,8 @@ __all__ = [
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
-TOOL_CALL_OVERHEAD = 3
-TOOL_RESULT_ADJUST = -2
+CALL_HEADER = "{role} to=functions.{name}"
+TOOL_RESULT_ADJUST = -2  # a result whose function is unknown: role "tool" minus 2, as for a function result
 
 _TEXT_PARTS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal"}
 _IMAGE_PARTS = ("image_url", "input_image")
@@ -63,6 +69,8 @@ class MessageWalk:
     images: list[ImagePart] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     has_system: bool = False
+    call_names: dict[str, str] = field(default_factory=dict)
+    """Function name of each tool call seen so far, by call id (a result's author)."""
 
 
 def _as_mapping(item: Any) -> Any:
@@ -147,10 +155,16 @@ def _detail(detail: Any, walk: MessageWalk, where: str) -> str:
     return "auto"
 
 
-def _tool_calls(calls: Any, enc: str, walk: MessageWalk, where: str) -> int:
+def _tool_calls(calls: Any, role: str, enc: str, walk: MessageWalk, where: str) -> int:
+    """Tokens of an assistant message's calls: each one a message of its own (3 + header + arguments)."""
     if not isinstance(calls, list):
         walk.warnings.append(f"{where}.tool_calls is not a list; counted as its JSON text")
         return encoded_len(enc, _json_text(calls))
+    if len(calls) > 1:
+        walk.warnings.append(
+            f"{where}: {len(calls)} parallel tool calls; the API wraps them in a form it does not publish, "
+            "so they are counted one by one and the count may be low"
+        )
     total = 0
     for k, call in enumerate(calls):
         call = _as_mapping(call)
@@ -159,37 +173,65 @@ def _tool_calls(calls: Any, enc: str, walk: MessageWalk, where: str) -> int:
             walk.warnings.append(f"{where}.tool_calls[{k}] has no function; counted as its JSON text")
             total += encoded_len(enc, _json_text(call))
             continue
-        total += _call_tokens(fn.get("name"), fn.get("arguments"), enc)
+        name = _str(fn.get("name"))
+        if isinstance(call.get("id"), str):
+            walk.call_names[call["id"]] = name
+        total += _call_tokens(role, name, fn.get("arguments"), enc)
     return total
 
 
-def _call_tokens(name: Any, arguments: Any, enc: str) -> int:
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _call_tokens(role: str, name: str, arguments: Any, enc: str) -> int:
+    """One call as the model sees it: ``<role> to=functions.<name>`` then the arguments, framed."""
     args = arguments if isinstance(arguments, str) else _json_text(arguments) if arguments is not None else ""
-    return (
-        encoded_len(enc, name if isinstance(name, str) else "") + encoded_len(enc, args) + TOOL_CALL_OVERHEAD
-    )
+    header = CALL_HEADER.format(role=role, name=name)
+    return TOKENS_PER_MESSAGE + encoded_len(enc, header) + encoded_len(enc, args)
+
+
+def _result_author(msg: Mapping[str, Any], walk: MessageWalk, call_key: str) -> str | None:
+    """The function a tool/function result answers: by its call id, else its own ``name``."""
+    call_id = msg.get(call_key)
+    if isinstance(call_id, str) and call_id in walk.call_names:
+        return walk.call_names[call_id]
+    name = msg.get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def _result_tokens(author: str | None, body: int, enc: str, walk: MessageWalk, where: str) -> int:
+    if author is None:
+        walk.warnings.append(f"{where}: a tool result whose call is not in the messages; counted as 'tool'")
+        return TOKENS_PER_MESSAGE + encoded_len(enc, "tool") + TOOL_RESULT_ADJUST + body
+    return TOKENS_PER_MESSAGE + encoded_len(enc, author) + body
 
 
 def _message(msg: Mapping[str, Any], enc: str, walk: MessageWalk, where: str, pad_system: bool) -> int:
     role = msg.get("role")
     if not isinstance(role, str):
         raise ValueError(f"{where} has no 'role'; expected {{'role': 'user', 'content': …}}")
-    n = TOKENS_PER_MESSAGE + encoded_len(enc, role)
     content = msg.get("content")
     if pad_system and role == "system" and isinstance(content, str):
         # With tools, the first system message is followed by a newline before the definitions.
         content += "\n"
-    n += _content(content, enc, walk, where)
-    name = msg.get("name")
-    if isinstance(name, str) and name:
-        n += encoded_len(enc, name) + TOKENS_PER_NAME
-    if msg.get("tool_calls"):
-        n += _tool_calls(msg["tool_calls"], enc, walk, where)
-    fc = msg.get("function_call")
-    if isinstance(fc, Mapping):
-        n += _call_tokens(fc.get("name"), fc.get("arguments"), enc)
+    body = _content(content, enc, walk, where)
     if role in ("tool", "function"):
-        n += TOOL_RESULT_ADJUST
+        key = "tool_call_id" if role == "tool" else "function_call_id"
+        return _result_tokens(_result_author(msg, walk, key), body, enc, walk, where)
+    calls = msg.get("tool_calls")
+    fc = msg.get("function_call")
+    n = 0
+    if body or not (calls or isinstance(fc, Mapping)):
+        # The text part (a message with calls and no text is the calls alone).
+        n = TOKENS_PER_MESSAGE + encoded_len(enc, role) + body
+        name = msg.get("name")
+        if isinstance(name, str) and name:
+            n += encoded_len(enc, name) + TOKENS_PER_NAME
+    if calls:
+        n += _tool_calls(calls, role, enc, walk, where)
+    if isinstance(fc, Mapping):
+        n += _call_tokens(role, _str(fc.get("name")), fc.get("arguments"), enc)
     if role == "system":  # the measured rule: tool definitions join the first system message
         walk.has_system = True
     return n
@@ -200,23 +242,19 @@ def _item(item: Mapping[str, Any], enc: str, walk: MessageWalk, where: str) -> i
     kind = item.get("type")
     if kind == "function_call":
         # Counted like the Chat assistant message that carries the same call.
-        call = _call_tokens(item.get("name"), item.get("arguments"), enc)
-        return TOKENS_PER_MESSAGE + encoded_len(enc, "assistant") + call
+        name = _str(item.get("name"))
+        if isinstance(item.get("call_id"), str):
+            walk.call_names[item["call_id"]] = name
+        return _call_tokens("assistant", name, item.get("arguments"), enc)
     if kind == "function_call_output":
         out = item.get("output")
-        body = (
-            out
-            if isinstance(out, str)
-            else _content(out, enc, walk, where)
-            if isinstance(out, list)
-            else None
-        )
-        n = TOKENS_PER_MESSAGE + encoded_len(enc, "tool") + TOOL_RESULT_ADJUST
-        if isinstance(body, str):
-            return n + encoded_len(enc, body)
-        if isinstance(body, int):
-            return n + body
-        return n + encoded_len(enc, _json_text(out))
+        if isinstance(out, str):
+            body = encoded_len(enc, out)
+        elif isinstance(out, list):
+            body = _content(out, enc, walk, where)
+        else:
+            body = encoded_len(enc, _json_text(out))
+        return _result_tokens(_result_author(item, walk, "call_id"), body, enc, walk, where)
     walk.warnings.append(
         f"{where}: input item type {kind!r} is not counted exactly; counted as its JSON text"
     )
@@ -236,9 +274,6 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
         raise ValueError(f"messages must be a list of messages, got {type(messages).__name__}")
     padded = False
     total = 0
-    # True after an assistant message or a function_call item: a Responses function_call that follows
-    # belongs to the same assistant turn, as the calls of one Chat assistant message do.
-    assistant_turn = False
     for i, raw in enumerate(messages):
         if type(raw) is dict and len(raw) == 2:
             # The common message, {"role": …, "content": "…"}, without the general path's checks.
@@ -251,7 +286,6 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
             ):
                 total += TOKENS_PER_MESSAGE + encoded_len(encoding, role) + encoded_len(encoding, content)
                 walk.has_system = walk.has_system or role == "system"
-                assistant_turn = role == "assistant"
                 continue
         msg = _as_mapping(raw)
         where = f"messages[{i}]"
@@ -261,13 +295,9 @@ def walk_messages(messages: Any, encoding: str, *, pad_system: bool = False) -> 
             pad = pad_system and not padded and msg.get("role") == "system"
             padded = padded or pad
             total += _message(msg, enc=encoding, walk=walk, where=where, pad_system=pad)
-            assistant_turn = msg.get("role") == "assistant"
         elif "type" in msg:
-            if msg.get("type") == "function_call" and assistant_turn:
-                total += _call_tokens(msg.get("name"), msg.get("arguments"), encoding)
-            else:
-                total += _item(msg, encoding, walk, where)
-            assistant_turn = msg.get("type") == "function_call"
+            # Each call is a message of its own, as each of a Chat assistant message's calls is.
+            total += _item(msg, encoding, walk, where)
         else:
             raise ValueError(f"{where} has no 'role'; expected {{'role': 'user', 'content': …}}")
     walk.text_tokens = total + REPLY_PRIMING

@@ -27,6 +27,10 @@ __all__ = ["UsageStore"]
 
 GroupBy = Literal["model", "day", "user"]
 _GROUP_FIELDS = {"model": "model", "day": "day", "user": "user_id"}
+# A request whose estimate and actual usage are both recorded (an aggregation expression).
+_MEASURED: dict[str, Any] = {
+    "$and": [{"$eq": ["$usage_known", True]}, {"$gt": [{"$ifNull": ["$estimate.input_tokens", None]}, None]}]
+}
 
 
 def _int(usage: Mapping[str, Any], *keys: str) -> int:
@@ -166,7 +170,13 @@ class UsageStore:
     async def usage_summary(
         self, user_id: Any = None, since: datetime | None = None, group_by: GroupBy = "model"
     ) -> list[dict[str, Any]]:
-        """Requests, tokens and cost per model, UTC day or user (a MongoDB aggregation), sorted."""
+        """Requests, tokens and cost per model, UTC day or user (a MongoDB aggregation), sorted.
+
+        Beside the effective ``input_tokens``/``output_tokens``/``cost_usd``, each row says how good the
+        estimates were: over the ``measured`` requests (those with both an estimate and the API's
+        usage), ``estimated_input_tokens`` against ``actual_input_tokens`` and the sum of the
+        per-request absolute differences, ``input_abs_error``.
+        """
         if group_by not in _GROUP_FIELDS:
             raise ValueError(f"group_by must be one of {', '.join(_GROUP_FIELDS)}, got {group_by!r}")
         match: dict[str, Any] = {}
@@ -185,6 +195,18 @@ class UsageStore:
                     "cached_tokens": {"$sum": "$cached_tokens"},
                     "cost_usd": {"$sum": "$cost_usd"},
                     "estimated_only": {"$sum": {"$cond": ["$usage_known", 0, 1]}},
+                    "measured": {"$sum": {"$cond": [_MEASURED, 1, 0]}},
+                    "estimated_input_tokens": {"$sum": {"$cond": [_MEASURED, "$estimate.input_tokens", 0]}},
+                    "actual_input_tokens": {"$sum": {"$cond": [_MEASURED, "$usage.prompt_tokens", 0]}},
+                    "input_abs_error": {
+                        "$sum": {
+                            "$cond": [
+                                _MEASURED,
+                                {"$abs": {"$subtract": ["$estimate.input_tokens", "$usage.prompt_tokens"]}},
+                                0,
+                            ]
+                        }
+                    },
                 }
             },
             {"$sort": {"_id": 1}},
