@@ -368,3 +368,56 @@ async def test_usage_table_from_records_the_agent_loop_writes(
     ]  # "7" on the command line, 7 in the records
     bad = run_cli("usage", "--since", "last week", env=cli_env, cwd=tmp_path)
     _one_line_error(bad, 2, "--since 'last week' is not a date", "YYYY-MM-DD")
+
+
+# -- sessions and live output in the CLI ------------------------------------------------------------
+
+
+def test_run_opens_its_data_file_by_name(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    (tmp_path / "sales.csv").write_text("city,sales\nOslo,3\nLima,5\n")
+    (tmp_path / "script.py").write_text("import pandas as pd\nprint(pd.read_csv('sales.csv').sales.sum())\n")
+    proc = run_cli("run", "script.py", "--file", "sales.csv", "--no-store", env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "8\n"
+
+
+def test_run_prints_the_output_as_it_comes(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    import time
+
+    (tmp_path / "slow.py").write_text(
+        "import time\nprint('first', flush=True)\ntime.sleep(3)\nprint('second')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "code_interpreter.cli", "run", "slow.py", "--no-store"],
+        env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    seen_at = time.monotonic()
+    rest, err = proc.communicate(timeout=300)
+    ended_at = time.monotonic()
+    assert proc.returncode == 0, err
+    assert first == "first\n" and rest == "second\n"  # printed once each, in order
+    assert ended_at - seen_at > 1.5  # "first" reached the terminal while the script still slept
+
+
+def test_chat_keeps_one_session_per_conversation(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    def second(body: dict[str, Any]) -> dict[str, Any]:
+        return completion(None, [tool_call("execute_python_code", {"code": "print(x + 1)"}, "c2")])
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return completion("x+1 is " + body["messages"][-1]["content"].split("Output:\n")[1].split()[0])
+
+    script = [
+        completion(None, [tool_call("execute_python_code", {"code": "x = 41"}, "c1")]),
+        lambda body: completion("x is set"),
+        second,
+        answer,
+    ]
+    with ScriptedOpenAI(script) as server:
+        env = dict(cli_env, OPENAI_API_KEY="test", OPENAI_BASE_URL=server.base_url)
+        proc = run_cli("chat", env=env, cwd=tmp_path, stdin="set x to 41\nwhat is x + 1?\n")
+        tools = server.requests[0]["tools"][0]["function"]["description"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == ["x is set", "x+1 is 42"]
+    assert "State persists between calls" in tools  # the model is told the truth

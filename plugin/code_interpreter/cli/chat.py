@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ async def chat(args: argparse.Namespace, settings: Settings, progress: Any, inte
             file_lines.append(f"- {Path(p).name}: file_id {up['file_id']}")
         system = SYSTEM + ("\n" + "\n".join(file_lines) if file_lines else "\n(no files uploaded)")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        context = ToolContext(user_id=user, model=args.model)
+        # One session per conversation: the model's variables and files carry over between its calls.
+        session_id = f"cli-chat-{uuid.uuid4().hex[:12]}"
+        context = ToolContext(user_id=user, session_id=session_id, model=args.model)
         prompts = [args.prompt] if args.prompt else (line.strip() for line in sys.stdin)
         try:
             for prompt in prompts:

@@ -11,11 +11,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError
 from ..settings import Settings
 from .util import StderrProgress, UsageProblem, estimate_line, for_cli, read_local, sample, save_files
+
+if TYPE_CHECKING:
+    from ..executor import ExecutionEvent
 
 __all__ = [
     "DEFAULT_USER",
@@ -144,6 +147,23 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings, progress: Stder
 
 
 # -- run ----------------------------------------------------------------------------------------------
+class _LivePrinter:
+    """Prints the script's output as the sandbox produces it (and remembers what it printed)."""
+
+    def __init__(self, progress: StderrProgress) -> None:
+        self.progress = progress
+        self.streamed = {"stdout": "", "stderr": ""}
+
+    def __call__(self, event: ExecutionEvent) -> None:
+        if event.kind not in self.streamed:
+            return
+        self.progress.done()
+        stream = sys.stdout if event.kind == "stdout" else sys.stderr
+        stream.write(event.text)
+        stream.flush()
+        self.streamed[event.kind] += event.text
+
+
 async def cmd_run(args: argparse.Namespace, settings: Settings, progress: StderrProgress) -> int:
     """Execute a script with data files (local paths or stored file ids) and save what it generates."""
     from ..files.cache import FILE_ID_RE
@@ -181,18 +201,25 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
             ids.append(up["file_id"])
             uploaded.append(up["file_id"])
             _tell(up["filename"], up["file_id"])
+        live = _LivePrinter(progress)
         result = await interp.execute(
-            code, user_id=user, user_files=ids, install_packages=args.install or None, timeout=args.timeout
+            code,
+            user_id=user,
+            user_files=ids,
+            install_packages=args.install or None,
+            timeout=args.timeout,
+            on_event=live,
         )
         progress.done()
         outputs = [g["file_id"] for g in result.get("generated_files") or () if g.get("file_id")]
         if args.no_store:
             for file_id in [*uploaded, *outputs]:
                 await interp.files.delete_user_file(file_id, user)
-    if result.get("output"):
+    if result.get("output") and not live.streamed["stdout"]:
         sys.stdout.write(result["output"] if result["output"].endswith("\n") else result["output"] + "\n")
-    if result.get("error"):
-        sys.stderr.write(for_cli(str(result["error"])).rstrip("\n") + "\n")
+    error = str(result.get("error") or "")
+    if error and error.strip() not in live.streamed["stderr"]:  # a traceback already shown as it came
+        sys.stderr.write(for_cli(error).rstrip("\n") + "\n")
     for note in result.get("notes") or ():
         print(f"note: {for_cli(str(note))}", file=sys.stderr)
     for path in save_files(result.get("generated_files") or [], args.output):
