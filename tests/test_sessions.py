@@ -253,9 +253,12 @@ async def test_a_second_host_sharing_the_database_continues_the_session(
     try:
         r = _ok(await other.execute("print(df.v.sum(), open('w.txt').read())", user, session_id=sid))
         assert r["session"]["state"] == "restored" and r["output"] == "45 x\n"
-        # another user cannot load it: same session id, nothing restored
-        stranger = await other.execute("print(df)", _uid(), session_id=sid)
+        # another user cannot load it, nor learn that it exists: same session id, a plain new session
+        stranger_id = _uid()
+        assert await other.files.snapshots.find(stranger_id, sid) is None
+        stranger = await other.execute("print(df)", stranger_id, session_id=sid)
         assert stranger["session"]["state"] == "new" and "NameError" in stranger["error"]
+        assert not any("saved session" in n for n in stranger["notes"]), stranger["notes"]
     finally:
         await other.close()
 
