@@ -6,6 +6,7 @@ and comparisons are measured side by side in the same run (interleaved where pos
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -52,6 +53,30 @@ def _fmt(v: Any) -> str:
             return f"{v:.2f}"
         return f"{v:.3g}"
     return str(v)
+
+
+class StallMeter:
+    """A 1 ms asyncio ticker: ``worst_ms`` is the event loop's worst lateness while the block ran."""
+
+    def __init__(self) -> None:
+        self.worst_ms = 0.0
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> StallMeter:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop = True
+        if self._task is not None:
+            await self._task
+
+    async def _tick(self) -> None:
+        while not self._stop:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.worst_ms = max(self.worst_ms, (time.perf_counter() - t - 0.001) * 1000)
 
 
 def summarize(samples_s: Sequence[float]) -> dict[str, float]:

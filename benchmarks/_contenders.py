@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from code_interpreter import CodeInterpreter, ToolContext, ToolDispatcher
 from code_interpreter.executor import Executor, FileRef
 
+from ._common import StallMeter
 from ._kernel import Kernel
 
 #: the input of the pandas job: ``CSV_ROWS`` rows of (k, v), uploaded by the user
@@ -376,27 +377,14 @@ async def warm(contenders: Sequence[Contender], job: Job, slots: int) -> None:
 
 async def batch(contender: Contender, job: Job, n: int) -> Batch:
     """Submit ``n`` runs at once (slots 0..n-1) while a 1 ms ticker measures event-loop stalls."""
-    worst = 0.0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal worst
-        while not stop:
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            worst = max(worst, (time.perf_counter() - t - 0.001) * 1000)
 
     async def one(slot: int, t0: float) -> float:
         await contender.run(job, slot)
         return time.perf_counter() - t0
 
-    task = asyncio.create_task(ticker())
-    t0 = time.perf_counter()
-    try:
+    async with StallMeter() as stalls:
+        t0 = time.perf_counter()
         latencies = await asyncio.gather(*(one(i, t0) for i in range(n)))
         wall = time.perf_counter() - t0
-    finally:
-        stop = True
-        await task
     await contender.tidy()
-    return Batch(wall, tuple(latencies), worst)
+    return Batch(wall, tuple(latencies), stalls.worst_ms)

@@ -21,7 +21,7 @@ from code_interpreter.executor import Executor
 from code_interpreter.packages.generations import ensure_runtime
 from code_interpreter.settings import Settings
 
-from ._common import Table, summarize
+from ._common import StallMeter, Table, summarize
 from ._progress import step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,29 +72,17 @@ async def run(quick: bool) -> list[Table]:
 
 async def _once(executor: Executor, code: str) -> tuple[float, float, float, str]:
     """(runaway's time to result, neighbour's latency, worst loop stall ms, the runaway's output)."""
-    worst = 0.0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal worst
-        while not stop:
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            worst = max(worst, (time.perf_counter() - t - 0.001) * 1000)
 
     async def timed(coro_code: str, user: str) -> tuple[float, str, bool]:
         t = time.perf_counter()
         r = await executor.execute(coro_code, user_id=user, timeout=TIMEOUT_S)
         return time.perf_counter() - t, r.output, r.success
 
-    tick = asyncio.create_task(ticker())
-    try:
+    async with StallMeter() as stalls:
         (bomb_s, out, _), (near_s, near_out, near_ok) = await asyncio.gather(
             timed(code, "runaway"), timed("print('hi')", "neighbour")
         )
-    finally:
-        stop = True
-        await tick
+    worst = stalls.worst_ms
     if not near_ok or near_out != "hi\n":
         raise RuntimeError("the neighbouring execution failed beside a runaway job")
     return bomb_s, near_s, worst, out

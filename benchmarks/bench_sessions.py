@@ -26,7 +26,7 @@ from code_interpreter import CodeInterpreter
 from code_interpreter.packages.generations import ensure_runtime
 from code_interpreter.settings import Settings
 
-from ._common import Table, summarize
+from ._common import StallMeter, Table, summarize
 from ._contenders import ColdProcess, child_env
 from ._kernel import Kernel, KernelFactory, kernel_site, unavailable
 from ._procmem import read_mem
@@ -284,20 +284,6 @@ async def _live_output(interp: CodeInterpreter, quick: bool) -> Table:
 
 
 async def _stall_while(call: Callable[[], Awaitable[Any]]) -> float:
-    worst = 0.0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal worst
-        while not stop:
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            worst = max(worst, (time.perf_counter() - t - 0.001) * 1000)
-
-    task = asyncio.create_task(ticker())
-    try:
+    async with StallMeter() as stalls:
         _ok(await call())
-    finally:
-        stop = True
-        await task
-    return worst
+    return stalls.worst_ms

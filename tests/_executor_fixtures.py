@@ -104,3 +104,24 @@ def require_root() -> None:
     """Strict isolation needs root: fail loudly elsewhere rather than pretend."""
     if os.geteuid() != 0:
         pytest.fail("the strict-sandbox tests need root (run them in the project's root container)")
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def processes_running(cmdline: str) -> list[int]:
+    """Host pids whose command line contains ``cmdline`` (NUL-separated arguments)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if cmdline.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found

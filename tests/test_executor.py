@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import _running as running
-from _executor_fixtures import require_root, small_settings, started_executor
+from _executor_fixtures import alive, require_root, small_settings, started_executor
 from code_interpreter.errors import IsolationUnavailable
 from code_interpreter.executor import ExecutionResult, Executor, FileRef, isolation_problem, resolve_isolation
 
@@ -228,14 +228,7 @@ async def test_supervisor_killed_gives_sandbox_crashed(executor: Executor) -> No
     os.kill(supervisor, signal.SIGKILL)
     r = await asyncio.wait_for(task, 30)
     assert not r.success and r.error is not None and r.error.startswith("Sandbox crashed"), r.error
-    assert not _alive(supervisor) and not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
+    assert not alive(supervisor) and not alive(child)
 
 
 async def test_isolation_none_warns_and_runs(

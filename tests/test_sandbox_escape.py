@@ -23,6 +23,7 @@ from _executor_fixtures import (
     BOMB_TIMEOUT,
     INSIDE_UID,
     SECRET,
+    processes_running,
     root_owned_secret,
     sandbox_mode,
     small_settings,
@@ -399,23 +400,10 @@ async def test_nothing_of_a_timed_out_child_survives(executor: Executor) -> None
     r = await executor.execute(code, user_id="u", timeout=1)
     assert r.return_code == -1 and "started" in r.output
     for _ in range(50):  # the namespace is torn down after the result is reported
-        if not _processes_running("sleep\x001234"):
+        if not processes_running("sleep\x001234"):
             break
         await asyncio.sleep(0.1)
-    assert _processes_running("sleep\x001234") == []
-
-
-def _processes_running(cmdline: str) -> list[int]:
-    """Host pids whose command line contains ``cmdline`` (NUL-separated arguments)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if cmdline.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    assert processes_running("sleep\x001234") == []
 
 
 # -- the supervisor's status channel ----------------------------------------------------------------

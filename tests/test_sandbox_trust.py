@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from _executor_fixtures import sandbox_mode, small_settings, started_executor
+from _executor_fixtures import alive, processes_running, sandbox_mode, small_settings, started_executor
 from code_interpreter.executor import ExecutionEvent, Executor, FileRef
 
 MODE = sandbox_mode()
@@ -157,25 +157,6 @@ def _children(pid: int) -> list[int]:
 # -- nothing outlives its supervisor ---------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
-def _running(cmdline: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if cmdline.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
 async def _start_and_wait(executor: Executor, code: str, limit: float) -> tuple[asyncio.Task[Any], int, int]:
     printed = asyncio.Event()
 
@@ -200,16 +181,16 @@ SPAWNS = (
 async def test_killing_the_supervisor_leaves_nothing_of_the_execution(executor: Executor) -> None:
     tag = str(900_000 + secrets.randbelow(99_999))
     task, supervisor, child = await _start_and_wait(executor, SPAWNS.format(tag=tag), 50)
-    assert _running(f"sleep\x00{tag}")  # the grandchildren exist before the kill
+    assert processes_running(f"sleep\x00{tag}")  # the grandchildren exist before the kill
     os.kill(supervisor, signal.SIGKILL)
     r = await asyncio.wait_for(task, 30)
     assert not r.success and (r.error or "").startswith("Sandbox crashed"), r.error
     for _ in range(20):  # within 2 s
-        if not (_alive(child) or _running(f"sleep\x00{tag}")):
+        if not (alive(child) or processes_running(f"sleep\x00{tag}")):
             break
         await asyncio.sleep(0.1)
-    assert not _alive(supervisor) and not _alive(child)
-    assert _running(f"sleep\x00{tag}") == []
+    assert not alive(supervisor) and not alive(child)
+    assert processes_running(f"sleep\x00{tag}") == []
     ok = await executor.execute("print(6 * 7)", user_id="u", timeout=10)
     assert ok.success and ok.output == "42\n"
 
@@ -221,12 +202,12 @@ async def test_a_stuck_supervisor_is_killed_by_the_host_and_verified_gone(execut
     r = await asyncio.wait_for(task, 30)
     assert not r.success and "did not report" in (r.error or ""), r.error
     # The host's timeout path killed and verified: nothing is left by the time the result arrives.
-    assert not _alive(supervisor) and not _alive(child)
+    assert not alive(supervisor) and not alive(child)
     for _ in range(20):
-        if not _running(f"sleep\x00{tag}"):
+        if not processes_running(f"sleep\x00{tag}"):
             break
         await asyncio.sleep(0.1)
-    assert _running(f"sleep\x00{tag}") == []
+    assert processes_running(f"sleep\x00{tag}") == []
 
 
 # -- every mount carries the flags it promises ---------------------------------------------------------
