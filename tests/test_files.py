@@ -6,29 +6,19 @@ import hashlib
 import os
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from _clock import T0, Clock
 from code_interpreter.errors import FileStoreError
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.settings import Settings
 
 MB = 2**20
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Clock:
-    """An injectable clock: tests move time by assignment, never by sleeping."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,11 @@ import pytest
 from bson import Binary
 from pymongo.asynchronous.database import AsyncDatabase
 
+from _clock import T0, Clock
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.settings import Settings
 
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 HANG_GUARD_S = 60
-
-
-class Clock:
-    """An injectable clock: tests move time by assignment, never by sleeping."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def counts(db: AsyncDatabase[Any]) -> tuple[int, int, int]:

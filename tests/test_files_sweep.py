@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from _clock import T0, Clock
 from _interp_helpers import close_and_drop, started
 from code_interpreter.files import FileManager
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
-
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
-
-
-class Clock:
-    """An injectable clock: tests move time by assignment, never by sleeping."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def copies(home: Path, file_id: str) -> list[Path]:

@@ -8,19 +8,10 @@ from typing import Any
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from _clock import Clock
 from code_interpreter import tokens
 from code_interpreter.errors import BudgetExceeded
 from code_interpreter.tokens import TokenEstimate, UsageStore
-
-
-class Clock:
-    """A settable clock."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def make_estimate(model: str = "gpt-4o", text: str = "hello", max_out: int = 100) -> TokenEstimate:
