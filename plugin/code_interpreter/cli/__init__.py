@@ -2,7 +2,8 @@
 
 - :mod:`.main` — the parser and the entry point;
 - :mod:`.commands` — demo, run, files, cleanup, status, tokens; :mod:`.usage` — the usage table;
-- :mod:`.chat` — the agent loop in a terminal; :mod:`.util` — progress bar, messages, file helpers.
+- :mod:`.chat` — the agent loop in a terminal; :mod:`.util` — progress bar, messages, file helpers;
+- :mod:`.mcp` — the MCP server command (the server itself is ``integrations.mcp``).
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ from .commands import (
     cmd_tokens,
     interpreter,
 )
+from .mcp import add_parser as add_mcp_parser
+from .mcp import cmd_mcp
 from .usage import GROUPS, cmd_usage
 from .util import StderrProgress, UsageProblem
 
@@ -70,6 +72,7 @@ COMMANDS: dict[str, Any] = {
     "tokens": cmd_tokens,
     "usage": cmd_usage,
     "chat": cmd_chat,
+    "mcp": cmd_mcp,
 }
 
 
@@ -180,6 +183,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     c.add_argument("--max-rounds", type=int, default=8, help="most model requests per prompt (8)")
     _output_option(c, "generated files")
     _user_option(c)
+    add_mcp_parser(sub)
     return p
 
 
