@@ -8,6 +8,7 @@ same database.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -402,6 +403,55 @@ async def test_http_bearer_tokens_decide_the_user(
                         await client.read_resource(f"code-interpreter://files/{theirs}")
                     seen = await run(client, "print(sorted(FILES))")
                     assert f"['{mine}']" in text_of(seen), text_of(seen)
+
+
+async def test_progress_relay_stops_when_the_last_output_and_the_end_come_together() -> None:
+    """Regression: the relay waited with asyncio.wait_for, which on 3.11 swallows a cancel arriving as the
+    event it waits for is set; the last output and the end of a cell come together, so the relay never
+    stopped and the tools/call never answered (1 run in 3 of the progress test above)."""
+    from code_interpreter.executor import ExecutionEvent
+    from code_interpreter.integrations.mcp.progress import ProgressRelay
+
+    sent: list[str] = []
+
+    async def send(progress: float, message: str) -> None:
+        sent.append(message)
+
+    for _ in range(20):
+        async with asyncio.timeout(10):
+            async with ProgressRelay(send, interval=0) as relay:
+                await asyncio.sleep(0)  # the relay is waiting for output
+                relay.on_event(ExecutionEvent("stdout", "end\n"))
+    assert sent == ["end"] * 20
+
+
+@pytest.mark.parametrize(
+    ("text", "commas"),
+    [
+        (f"{ANA} ana\n\n# bob too\n{BOB}   bob\n", False),  # a --tokens file
+        (f'{{"{ANA}": "ana", "{BOB}": "bob"}}', False),  # JSON
+        (f"{ANA} ana,{BOB} bob", True),  # CODE_INTERPRETER_MCP_TOKENS, comma-separated
+    ],
+)
+def test_token_table_forms(text: str, commas: bool) -> None:
+    from code_interpreter.integrations.mcp import TokenTable
+
+    table = TokenTable.from_text(text, "tokens", commas=commas)
+    assert (table.user_for(ANA), table.user_for(BOB), table.user_for(ANA[:-1])) == ("ana", "bob", None)
+    assert table.users == {"ana", "bob"}
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        *[(h, True) for h in ("127.0.0.1", "127.8.0.1", "::1", "localhost", "LOCALHOST")],
+        *[(h, False) for h in ("0.0.0.0", "::", "192.168.1.4", "example.com", "")],
+    ],
+)
+def test_which_addresses_count_as_loopback(host: str, loopback: bool) -> None:
+    from code_interpreter.integrations.mcp import is_loopback
+
+    assert is_loopback(host) is loopback
 
 
 # -- packaging and docs ----------------------------------------------------------------------------------

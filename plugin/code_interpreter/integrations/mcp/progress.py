@@ -56,6 +56,7 @@ class ProgressRelay:
         self._pending: list[str] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.sent = 0
         """Notifications sent so far."""
 
@@ -77,6 +78,8 @@ class ProgressRelay:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._closed = True  # the loop ends at its next turn even if the cancel below were lost
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -86,12 +89,17 @@ class ProgressRelay:
             await self._flush()  # the last output, before the result ends the request's progress token
 
     async def _run(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the event is set
+        # (the last output and the end of the cell come together), and the relay would never stop.
+        while not self._closed:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.heartbeat)
+                async with asyncio.timeout(self.heartbeat):
+                    await self._wake.wait()
             except TimeoutError:
                 await self._send(f"running for {self._clock() - self._started:.0f} s; no new output")
                 continue
+            if self._closed:
+                return
             self._wake.clear()
             await self._flush()
             await asyncio.sleep(self.interval)
