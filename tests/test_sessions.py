@@ -347,3 +347,45 @@ async def test_a_large_state_is_saved_and_restored_whole(interp: CodeInterpreter
     assert doc is not None and doc["size"] > 20 * 2**20  # random bytes do not compress
     r = _ok(await interp.execute("print(hashlib.sha256(blob).hexdigest())", user, session_id=sid))
     assert r["session"]["state"] == "restored" and r["output"] == digest
+
+
+async def test_writing_over_an_input_of_the_same_name_writes_a_copy(interp: CodeInterpreter) -> None:
+    """Inputs by name must not make a file name unwritable: re-running savefig('chart.png') or saving a
+    cleaned sales.csv over the upload works as with a copy; the stored input never changes."""
+    user = _uid()
+    up = await interp.files.upload_file(user, b"city,sales\nOslo,3\n", "sales.csv")
+    chart = await interp.files.upload_file(user, b"\x89PNG\r\n\x1a\nold", "chart.png")
+    ids = [up["file_id"], chart["file_id"]]
+    code = (
+        "import pandas as pd\ndf = pd.read_csv('sales.csv')\ndf['sales'] *= 10\n"
+        "df.to_csv('sales.csv', index=False)\n"
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.savefig('chart.png')\nplt.close('all')\n"
+        "with open('sales.csv', 'a') as fh:\n    fh.write('Lima,5\\n')\nprint(open('sales.csv').read())"
+    )
+    for session_id in (None, "copy-up"):
+        r = _ok(await interp.execute(code, user, ids, session_id=session_id))
+        assert r["output"] == "city,sales\nOslo,30\nLima,5\n\n"
+        assert sorted(f["filename"] for f in r["generated_files"]) == ["chart.png", "sales.csv"]
+    assert await interp.files.read_file(up["file_id"], user) == b"city,sales\nOslo,3\n"
+    assert await interp.files.read_file(chart["file_id"], user) == b"\x89PNG\r\n\x1a\nold"
+
+
+async def test_a_cancelled_cell_is_stopped_before_the_next_one_runs(interp: CodeInterpreter) -> None:
+    """Regression: a call cancelled mid-cell (a client timeout) let the next call read the old result."""
+    user, sid = _uid(), "cancelled"
+    _ok(await interp.execute("kept = 'still here'", user, session_id=sid))
+    started = asyncio.Event()
+    slow = asyncio.create_task(
+        interp.execute(
+            "import time\nprint('slow', flush=True)\ntime.sleep(60)\nprint('late')",
+            user,
+            session_id=sid,
+            on_event=lambda event: started.set(),
+        )
+    )
+    await asyncio.wait_for(started.wait(), 60)
+    slow.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await slow
+    nxt = _ok(await asyncio.wait_for(interp.execute("print(kept)", user, session_id=sid), 60))
+    assert nxt["output"] == "still here\n" and nxt["session"]["state"] == "live"

@@ -160,6 +160,8 @@ def watch_cell(warm: Any, chan: HostChannel, cell: Cell) -> tuple[dict[str, Any]
                 chan.read()
                 if chan.closed:
                     raise HostGone
+                if _interrupt_asked(chan):
+                    cell.deadline = time.monotonic()  # the host gave up on this cell: stop it now
             else:
                 _read(warm, cell, chan, fd)
         while status.items and done is None:
@@ -195,6 +197,14 @@ def watch_cell(warm: Any, chan: HostChannel, cell: Cell) -> tuple[dict[str, Any]
         _drain_now(warm, cell, chan)
     elapsed = time.monotonic() - cell.started
     return _header(warm, cell, done, alive, elapsed), (done[2] if done is not None else [])
+
+
+def _interrupt_asked(chan: HostChannel) -> bool:
+    """Whether the host sent ``interrupt`` mid-cell (the only frame it sends while a cell runs)."""
+    asked = False
+    while (frame := chan.frames.next_frame()) is not None:
+        asked = asked or frame.get("op") == "interrupt"
+    return asked
 
 
 def _read(warm: Any, cell: Cell, chan: HostChannel, fd: int) -> None:

@@ -177,6 +177,11 @@ class SessionManager:
             except SandboxCrashed as exc:
                 await ex.kill_and_verify(channel)
                 result, header = failure(f"Sandbox crashed: {exc}", ex.mode, notes), {"alive": False}
+            except asyncio.CancelledError:
+                # The caller gave up mid-cell. The cell must stop, and its result must be read here,
+                # before the next caller gets the session (or it would read this cell's result).
+                await _finish(self._abandon(ex, session, channel, limit))
+                raise
         session.cells += 1
         info = {"id": session.session_id, "state": session.state, "cell": session.cells}
         if not header.get("alive"):
@@ -184,6 +189,19 @@ class SessionManager:
             self._restarted[session.key] = self.clock()
             info["ended"] = True
         return _with_session(result, info)
+
+    async def _abandon(self, ex: Executor, session: Session, channel: ExecChannel, limit: float) -> None:
+        """Interrupt a cell nobody waits for and read its result; end the session if it does not stop."""
+        try:
+            await channel.send({"op": "interrupt"})
+            _result, header = await ex.await_result(channel, ex.outcome(limit, []), None, time.perf_counter(),
+                                                    session=True)  # fmt: skip
+        except Exception:
+            header = {"alive": False}
+        if not header.get("alive"):
+            await ex.kill_and_verify(channel)
+            await self._end(session, save=False)
+            self._restarted[session.key] = self.clock()
 
     async def _snapshot_for(self, session: Session) -> tuple[bytes, str, list[str]]:
         """(snapshot bytes, state, notes) for a session about to start."""
@@ -379,3 +397,13 @@ def _private_mb(*pids: int | None) -> float | None:
         except (OSError, ValueError, IndexError):
             return None
     return round(kb / 1024, 1)
+
+
+async def _finish(work: Awaitable[None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled again meanwhile (it is bounded in time)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue

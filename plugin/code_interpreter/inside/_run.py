@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import io
 import os
+import shutil
 import sys
 import threading
 import time
@@ -150,12 +151,47 @@ def finish_threads(grace: float = THREAD_GRACE_S) -> None:
         pass
 
 
+# Inputs shown by name in the work dir: the link's absolute path -> the read-only file it points to.
+_LINKED: dict[str, str] = {}
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR
+_hooked = False
+
+
+def _copy_up_on_write(event: str, args: tuple[Any, ...]) -> None:
+    """Audit hook: opening a linked input for writing first turns the link into a copy of its own.
+
+    So ``df.to_csv('sales.csv')`` or ``plt.savefig('chart.png')`` over an input of that name works as
+    with a copy (and the new content is returned as a generated file), while the input itself, on its
+    read-only mount, never changes. Reading costs nothing: the link stays until something writes.
+    """
+    if event != "open" or not _LINKED:
+        return
+    try:
+        path, _mode, flags = args
+        if isinstance(path, int) or not (isinstance(flags, int) and flags & _WRITE_FLAGS):
+            return
+        target = os.path.abspath(os.fsdecode(path))
+        source = _LINKED.pop(target, None)
+        if source is None or not os.path.islink(target):
+            return
+        tmp = f"{target}.{os.getpid()}.copy"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except Exception:
+        pass  # never in the way of the open itself
+
+
 def link_inputs(files: dict[str, dict[str, Any]], work_dir: str) -> list[str]:
     """Show each input file in the work dir under its own name (a symlink to its read-only path).
 
-    An existing entry of that name (a file the code wrote in an earlier cell) is never replaced;
-    a note says where the input is instead.
+    Opening one for writing turns it into a copy first (:func:`_copy_up_on_write`). An existing entry
+    of that name (a file the code wrote in an earlier cell) is never replaced; a note says where the
+    input is instead.
     """
+    global _hooked
+    if files and not _hooked:
+        sys.addaudithook(_copy_up_on_write)  # once per process: hooks cannot be removed
+        _hooked = True
     notes: list[str] = []
     for file_id, info in files.items():
         name = str(info.get("name") or "")
@@ -165,6 +201,7 @@ def link_inputs(files: dict[str, dict[str, Any]], work_dir: str) -> list[str]:
         path = str(info["path"])
         try:
             os.symlink(path, target)
+            _LINKED[os.path.abspath(target)] = path
         except FileExistsError:
             if not (os.path.islink(target) and os.readlink(target) == path):
                 notes.append(
