@@ -123,10 +123,13 @@ async def test_inputs_appear_by_name_one_shot_and_in_sessions(interp: CodeInterp
     )
     later = _ok(await interp.execute(code, user, [up["file_id"], dup["file_id"]], session_id=sid))
     assert later["output"] == "8 7\n"
-    # read-only, and never returned as a generated file
-    w = await interp.execute("open('sales.csv', 'a').write('x')", user, [up["file_id"]], session_id=sid)
+    # not returned as a generated file while unchanged; the mount under the link is read-only
+    r = await interp.execute(
+        "print(open('sales.csv').read().count(','))", user, [up["file_id"]], session_id=sid
+    )
+    assert r["output"] == "3\n" and r["generated_files"] == []
+    w = await interp.execute(f"open(FILES[{up['file_id']!r}], 'a')", user, [up["file_id"]], session_id=sid)
     assert not w["success"] and ("Read-only file system" in w["error"] or "Permission denied" in w["error"])
-    assert w["generated_files"] == []
 
 
 async def test_the_same_session_id_under_another_user_is_another_session(interp: CodeInterpreter) -> None:
