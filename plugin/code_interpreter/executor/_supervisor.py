@@ -162,8 +162,8 @@ def serve(warm: Warm, ctl: socket.socket) -> NoReturn:
 
 
 def _receive(ctl: socket.socket) -> int:
+    """The execution socket's fd, passed by the zygote with its ``go`` frame (the frame says nothing more)."""
     fds: list[int] = []
-    frames = bytearray()
     while True:
         data, anc, _flags, _addr = ctl.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
         for level, kind, payload in anc:
@@ -173,7 +173,6 @@ def _receive(ctl: socket.socket) -> int:
                 fds.extend(got)
         if not data:
             raise EOFError("the zygote closed the control socket")
-        frames += data
         if fds:
             for extra in fds[1:]:
                 os.close(extra)
