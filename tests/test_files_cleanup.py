@@ -18,18 +18,11 @@ from bson import Binary
 from pymongo.asynchronous.database import AsyncDatabase
 
 from _clock import T0, Clock
+from _filestore import bucket_holding, counts
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.settings import Settings
 
 HANG_GUARD_S = 60
-
-
-async def counts(db: AsyncDatabase[Any]) -> tuple[int, int, int]:
-    return (
-        await db[COLLECTION].count_documents({}),
-        await db[f"{BUCKET}.files"].count_documents({}),
-        await db[f"{BUCKET}.chunks"].count_documents({}),
-    )
 
 
 async def test_expiry_at_the_exact_boundary(
@@ -299,8 +292,9 @@ async def test_reconcile_removes_orphans_both_ways(
         {"files_id": "user_1_1_bbbbbbbb", "n": 0, "data": Binary(b"x")}
     )
     lost = await fm.upload_file(1, b"lost bytes", "lost.txt")
-    await mongo_db[f"{BUCKET}.files"].delete_one({"_id": lost["file_id"]})
-    await mongo_db[f"{BUCKET}.chunks"].delete_many({"files_id": lost["file_id"]})
+    bucket = await bucket_holding(mongo_db, lost["file_id"])
+    await mongo_db[f"{bucket}.files"].delete_one({"_id": lost["file_id"]})
+    await mongo_db[f"{bucket}.chunks"].delete_many({"files_id": lost["file_id"]})
 
     assert await fm.reconcile() == {
         "orphan_blobs": 0,

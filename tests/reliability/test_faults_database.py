@@ -18,8 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from _filestore import bucket_names, counts
 from code_interpreter.errors import StorageUnavailable
-from code_interpreter.files import BUCKET, FileManager
+from code_interpreter.files import FileManager
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
 
@@ -105,8 +106,7 @@ async def test_database_killed_mid_upload(
         await interp.files.reconcile(grace_s=0)
         for u in (before, *uploaders):
             await assert_intact(interp.files, u.user, u.acknowledged)
-        blobs = await interp.db[f"{BUCKET}.files"].count_documents({})
-        metas = await interp.db["user_files"].count_documents({})
+        metas, blobs, _ = await counts(interp.db)
         assert blobs == metas
 
 
@@ -150,6 +150,7 @@ async def test_database_killed_mid_cleanup(
         await assert_intact(files, 7, kept)
         # Blobs whose metadata went before the crash are orphans now; reconcile finds and removes them.
         await files.reconcile(grace_s=0)
-        assert await interp.db[f"{BUCKET}.files"].count_documents({}) == len(kept)
-        assert await interp.db[f"{BUCKET}.chunks"].count_documents({"files_id": {"$in": expiring}}) == 0
+        assert (await counts(interp.db))[:2] == (len(kept), len(kept))
+        for bucket in await bucket_names(interp.db):
+            assert await interp.db[f"{bucket}.chunks"].count_documents({"files_id": {"$in": expiring}}) == 0
         await assert_intact(files, 7, kept)
