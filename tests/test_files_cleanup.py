@@ -18,7 +18,7 @@ from bson import Binary
 from pymongo.asynchronous.database import AsyncDatabase
 
 from _clock import T0, Clock
-from _filestore import bucket_holding, counts
+from _filestore import bucket_holding, bucket_names, counts
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.settings import Settings
 
@@ -212,8 +212,16 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
+@pytest.mark.parametrize(
+    "hours_later",
+    [2, 3],  # the files' bucket (expiries at 13:00) deleted file by file at 14:00, dropped whole at 15:00
+)
 async def test_concurrent_cleanup_from_two_processes(
-    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings], mongo_uri: str, tmp_path: Path
+    mongo_db: AsyncDatabase[Any],
+    make_settings: Callable[..., Settings],
+    mongo_uri: str,
+    tmp_path: Path,
+    hours_later: int,
 ) -> None:
     clock = Clock()
     settings = make_settings(file_expiration_hours=1.0)
@@ -222,7 +230,7 @@ async def test_concurrent_cleanup_from_two_processes(
     for i in range(n):
         await fm.upload_file(i % 3, os.urandom(300 + i), f"{i}.bin")
     survivor = (await FileManager(mongo_db, settings).upload_file(9, b"now", "now.txt"))["file_id"]
-    now = (T0 + timedelta(hours=2)).isoformat()
+    now = (T0 + timedelta(hours=hours_later)).isoformat()
     go = tmp_path / "go"
     procs = [
         await asyncio.create_subprocess_exec(
@@ -257,6 +265,7 @@ async def test_concurrent_cleanup_from_two_processes(
     deleted = [json.loads(out.decode().strip().splitlines()[-1])["deleted"] for out, _ in results]
     assert sum(deleted) == n  # every file counted exactly once between the two
     assert await counts(mongo_db) == (1, 1, 1)
+    assert ("file_blobs_2026030113" in await bucket_names(mongo_db)) == (hours_later == 2)
     assert await fm.cleanup_expired_files() == 0
     assert await FileManager(mongo_db, settings).read_file(survivor, 9) == b"now"
 
