@@ -176,7 +176,8 @@ async def _cleanup(storage: Storage, settings: Settings, quick: bool) -> Table:
     table.notes.append(
         "Each file: metadata + GridFS files document + one chunk, all deleted (no TTL index); the bytes "
         f"in the bucket of the file's expiry hour, the expiries spread over {EXPIRY_HOURS} hours that "
-        "all ended long ago, so the cleanup deletes the metadata in windows and drops the buckets. "
+        "all ended long ago, so for each bucket the cleanup deletes its files' metadata by one journaled "
+        "delete over its hour on the expires_at index and drops the bucket. "
         "server CPU: the SecantusDB process's user + system time during the cleanup, per file. worst "
         f"read: the slowest of point reads sent every {PROBE_EVERY_S * 1000:.0f} ms during it. load avg: "
         "the 1-minute load average at the start and the end of the cleanup. floor: the same files "

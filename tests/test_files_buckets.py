@@ -16,18 +16,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from _clock import T0, Clock
 from _filestore import Commands, bucket_holding, bucket_names, counts
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.files.buckets import DROP_MARGIN, bucket_for, bucket_of
-from code_interpreter.files.deletion import drop_expired_buckets
 from code_interpreter.files.orphans import find_orphans
 from code_interpreter.settings import Settings
 
-HANG_GUARD_S = 60
 MS = timedelta(milliseconds=1)
 
 
@@ -224,41 +222,62 @@ async def test_a_bucket_is_dropped_only_once_its_hour_is_the_margin_behind(
     assert hourly(12) not in await bucket_names(mongo_db)
 
 
-async def test_a_bucket_that_metadata_still_names_is_not_dropped(
-    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings]
+async def test_a_bucket_named_by_metadata_that_lands_meanwhile_is_not_dropped(
+    mongo_uri: str, db_name: str, mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings]
 ) -> None:
-    """The drop checks the bucket's hour on the expires_at index after the cleanup's pass.
+    """After deleting a bucket's metadata the cleanup checks the bucket's hour again before dropping it.
 
-    Host B's clock is 50 minutes behind host A's, and B's upload lands after A's cleanup deleted the
-    expired metadata: B's file, alive by B's clock, names bucket 12, which A's clock says has expired.
-    Dropping it anyway would leave B's user a file that is listed but whose bytes are gone.
+    Host B's clock lags host A's by 50 minutes. B's upload has written its bytes into bucket 12 (it
+    expires at 12:50 by B's clock) and its metadata lands just after A's cleanup deleted the bucket's
+    metadata (inserted from the command listener, between A's two steps). A's clock says the file has
+    expired, so A's cleanup would delete it with the other expired files — but it is stopped (a
+    shutdown) before it gets there. Until B's file expires by B's clock, B's users see it: dropping
+    the bucket anyway would show them a listed file whose bytes are gone.
     """
     clock_a, clock_b = Clock(at(13, 30)), Clock(at(12, 40))
-    a = manager(mongo_db, make_settings, clock_a, hours=1)
     b = manager(mongo_db, make_settings, clock_b, hours=10 / 60)
-    old = (await b.upload_file(1, b"expired", "old.txt"))["file_id"]  # expires 12:50 (bucket 12)
-    assert await a.cleanup_expired_files() == 1  # A's pass ...
-    assert hourly(12) not in await bucket_names(mongo_db)  # ... and the bucket went with it
-    assert await b.read_file(old, 1) is None
+    up = await b.upload_file(1, b"alive for B", "late.txt")
+    assert await bucket_holding(mongo_db, up["file_id"]) == hourly(12)
+    late = await mongo_db[COLLECTION].find_one_and_delete({"file_id": up["file_id"]})  # not landed yet
+    landed: list[str] = []
+    task: asyncio.Task[int] | None = None
 
-    late = await b.upload_file(1, b"alive for B", "late.txt")  # expires 12:50 again, bucket 12 again
-    assert await bucket_holding(mongo_db, late["file_id"]) == hourly(12)
-    dropped = await drop_expired_buckets(a.buckets, a.meta, clock_a.now, a._retry)  # A's step after its pass
-    assert dropped == [] and hourly(12) in await bucket_names(mongo_db)
-    assert await b.read_file(late["file_id"], 1) == b"alive for B"
+    with MongoClient(mongo_uri, tz_aware=True) as sync:
 
-    assert await a.cleanup_expired_files() == 1  # A's next cleanup deletes it (expired by A's clock)
-    assert hourly(12) not in await bucket_names(mongo_db)
-    assert await counts(mongo_db) == (0, 0, 0)
+        def land_late_then_stop(stage: str, name: str, body: dict[str, Any]) -> None:
+            if (stage, name) == ("succeeded", "delete") and not landed:
+                sync[db_name][COLLECTION].insert_one(late)  # B's metadata insert, just now
+                landed.append(name)
+            elif (stage, name) == ("started", "find") and landed and task is not None:
+                task.cancel()  # A is stopped at its next read of the metadata
+
+        client: AsyncMongoClient[Any] = AsyncMongoClient(
+            mongo_uri, tz_aware=True, event_listeners=[Commands(land_late_then_stop)]
+        )
+        try:
+            a = manager(client[db_name], make_settings, clock_a, hours=1)
+            task = asyncio.create_task(a.cleanup_expired_files())
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert landed == ["delete"]
+            assert hourly(12) in await bucket_names(mongo_db)
+            assert [f["file_id"] for f in await b.list_user_files(1)] == [up["file_id"]]
+            assert await b.read_file(up["file_id"], 1) == b"alive for B"
+
+            task = None
+            assert await a.cleanup_expired_files() == 1  # A's next cleanup: expired by A's clock
+            assert hourly(12) not in await bucket_names(mongo_db)
+            assert await counts(mongo_db) == (0, 0, 0)
+        finally:
+            await client.close()
 
 
 async def test_cleanup_drops_buckets_instead_of_deleting_their_bytes(
     mongo_uri: str, db_name: str, make_settings: Callable[..., Settings]
 ) -> None:
-    """Command monitoring on the real server: the bytes of fully expired hours go by two drops per bucket.
-
-    The metadata still goes first, in journaled windows, before any drop; a bucket whose hour has not
-    ended gets per-file deletes.
+    """Command monitoring on the real server: a fully expired hour goes by one journaled delete of its
+    metadata on the expires_at index, then two drops; no per-file deletes. A bucket whose hour has not
+    ended gets the windows: metadata first, then its bytes file by file.
     """
     listener = Commands()
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
@@ -273,25 +292,29 @@ async def test_cleanup_drops_buckets_instead_of_deleting_their_bytes(
         clock.now = at(13, 45)  # everything expired; hours 11 and 12 ended over 10 minutes ago
         listener.seen.clear()
         assert await fm.cleanup_expired_files() == 12
+        seen = listener.seen
 
         def touching(bucket: str, command: str) -> list[int]:
             colls = (f"{bucket}.files", f"{bucket}.chunks")
-            return [i for i, (name, c) in enumerate(listener.seen) if name == command and c[command] in colls]
+            return [i for i, (name, c) in enumerate(seen) if name == command and c[command] in colls]
 
-        for bucket in (hourly(11), hourly(12)):
-            assert touching(bucket, "delete") == []  # not one per-file delete
-            assert [listener.seen[i][1]["drop"] for i in touching(bucket, "drop")] == [
-                f"{bucket}.files",
-                f"{bucket}.chunks",
-            ]
-        assert touching(hourly(13), "delete")  # its hour has not ended: its bytes go file by file
-        assert touching(hourly(13), "drop") == []
-        drops = [i for i, (name, _) in enumerate(listener.seen) if name == "drop"]
         meta_deletes = [
-            i for i, (name, c) in enumerate(listener.seen) if name == "delete" and c["delete"] == COLLECTION
+            i for i, (name, c) in enumerate(seen) if name == "delete" and c["delete"] == COLLECTION
         ]
-        assert len(meta_deletes) == 3 and max(meta_deletes) < min(drops)  # metadata first, all of it
-        assert all(listener.seen[i][1]["writeConcern"]["j"] is True for i in meta_deletes)
+        assert len(meta_deletes) == 3  # hour 11, hour 12, one window of hour 13's three files
+        assert all(seen[i][1]["writeConcern"]["j"] is True for i in meta_deletes)  # durable first
+        for bucket, delete in zip((hourly(11), hourly(12)), meta_deletes, strict=False):
+            (statement,) = seen[delete][1]["deletes"]
+            assert set(statement["q"]["expires_at"]) == {"$gte", "$lt"}  # the hour, on the index
+            assert bucket in statement["q"]["file_path"]["$regex"]  # its files only
+            assert touching(bucket, "delete") == []  # not one per-file delete
+            drops = touching(bucket, "drop")
+            assert [seen[i][1]["drop"] for i in drops] == [f"{bucket}.files", f"{bucket}.chunks"]
+            assert delete < min(drops)
+        (window,) = seen[meta_deletes[2]][1]["deletes"]
+        assert set(window["q"]["file_id"]) == {"$gte", "$lte"}
+        assert min(touching(hourly(13), "delete")) > meta_deletes[2]  # its bytes after its metadata
+        assert touching(hourly(13), "drop") == []
         assert await counts(db) == (0, 0, 0)
         assert await bucket_names(db) == [BUCKET, hourly(13)]
     finally:
@@ -302,75 +325,43 @@ async def test_cleanup_drops_buckets_instead_of_deleting_their_bytes(
 # -- cancellation ------------------------------------------------------------------------------------
 
 
-async def test_a_cleanup_cancelled_mid_pass_leaves_no_file_without_bytes(
-    mongo_uri: str, db_name: str, make_settings: Callable[..., Settings]
+@pytest.mark.parametrize(
+    "stage_and_command",
+    [("succeeded", "delete"), ("started", "drop")],
+    ids=["after-its-metadata-delete", "at-its-first-drop"],
+)
+async def test_a_cleanup_cancelled_inside_a_bucket_finishes_that_bucket(
+    mongo_uri: str, db_name: str, make_settings: Callable[..., Settings], stage_and_command: tuple[str, str]
 ) -> None:
-    """Stopped after its first window, a cleanup of droppable buckets leaves bytes whose metadata went
-    (the drop they wait for comes with the next cleanup), never metadata whose bytes went."""
+    """Cancelled (a shutdown) anywhere in a bucket's delete-then-drop, the cleanup finishes that bucket
+    and stops: no bytes without metadata, no metadata without bytes, no half-dropped bucket."""
     task: asyncio.Task[int] | None = None
 
-    def cancel_after_first_window(stage: str, name: str, body: dict[str, Any]) -> None:
-        if stage == "succeeded" and name == "delete" and task is not None and not task.cancelling():
+    def cancel(stage: str, name: str, body: dict[str, Any]) -> None:
+        if (stage, name) == stage_and_command and task is not None and not task.cancelling():
             task.cancel()
 
-    listener = Commands(cancel_after_first_window)
-    client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True, event_listeners=[listener])
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_uri, tz_aware=True, event_listeners=[Commands(cancel)]
+    )
     try:
         db = client[db_name]
         clock = Clock(at(9))
-        fm = manager(db, make_settings, clock, hours=1, cleanup_batch=10)
+        fm = manager(db, make_settings, clock, hours=1)
         for i in range(30):
-            clock.now = at(9) + timedelta(minutes=4 * i)  # expiries spread over hours 10 and 11
-            await fm.upload_file(1, b"x" * i, f"{i}.txt")
+            clock.now = at(9) + timedelta(minutes=4 * i)  # 15 expiries in hour 10, 15 in hour 11
+            await fm.upload_file(1, os.urandom(300_000 + i), f"{i}.bin")
         clock.now = at(13)
         task = asyncio.create_task(fm.cleanup_expired_files())
         with pytest.raises(asyncio.CancelledError):
             await task
-        meta, files, _ = await counts(db)
-        assert meta == 20 and files == 30  # one window's metadata went; the bytes wait for the drop
-        orphan_blobs, orphan_meta = await find_orphans(fm.meta, fm.buckets, fm._retry, grace_s=0)
-        assert orphan_meta == [] and len(orphan_blobs) == 10
+        assert await bucket_names(db) == [BUCKET, hourly(11)]  # hour 10 went whole, hour 11 waits
+        assert await counts(db) == (15, 15, 30)
+        assert await find_orphans(fm.meta, fm.buckets, fm._retry, grace_s=0) == ([], [])
 
         task = None
-        assert await fm.cleanup_expired_files() == 20
+        assert await fm.cleanup_expired_files() == 15
         assert await counts(db) == (0, 0, 0)
-        assert await bucket_names(db) == [BUCKET]
-    finally:
-        await client.drop_database(db_name)
-        await client.close()
-
-
-async def test_a_cleanup_cancelled_while_dropping_finishes_that_bucket(
-    mongo_uri: str, db_name: str, make_settings: Callable[..., Settings]
-) -> None:
-    """Regression guard: a drop abandoned between its two commands leaves a bucket's chunks behind."""
-    task: asyncio.Task[int] | None = None
-
-    def cancel_at_first_drop(stage: str, name: str, body: dict[str, Any]) -> None:
-        if stage == "started" and name == "drop" and task is not None and not task.cancelling():
-            task.cancel()
-
-    client: AsyncMongoClient[Any] = AsyncMongoClient(
-        mongo_uri, tz_aware=True, event_listeners=[Commands(cancel_at_first_drop)]
-    )
-    try:
-        db = client[db_name]
-        clock = Clock()
-        fm = manager(db, make_settings, clock, hours=1)
-        for start in (at(10, 30), at(11, 30)):  # hours 11 and 12
-            clock.now = start
-            for i in range(3):
-                await fm.upload_file(1, os.urandom(300_000), f"{i}.bin")
-        clock.now = at(14)
-        task = asyncio.create_task(fm.cleanup_expired_files())
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await counts(db) == (0, 3, 6)  # all metadata went; hour 11 went whole, hour 12 waits
-        assert await bucket_names(db) == [BUCKET, hourly(12)]
-        assert await db[f"{hourly(12)}.files"].count_documents({}) == 3
-
-        task = None
-        assert await fm.cleanup_expired_files() == 0
         assert await bucket_names(db) == [BUCKET]
     finally:
         await client.drop_database(db_name)

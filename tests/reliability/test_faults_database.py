@@ -161,7 +161,7 @@ async def test_database_killed_mid_cleanup(
 
 
 KILL_POINTS = {
-    "after the first metadata window": ("succeeded", "delete"),
+    "after a bucket's metadata delete": ("succeeded", "delete"),
     "before the first bucket drop": ("started", "drop"),
     "between a bucket's two drops": ("succeeded", "drop"),
 }

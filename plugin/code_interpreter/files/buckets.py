@@ -111,19 +111,13 @@ class Buckets:
             self._ready.add(bucket)
         return store
 
-    async def delete(
-        self, docs: Iterable[Mapping[str, Any]], spare: Callable[[str], bool] | None = None
-    ) -> None:
-        """Delete the bytes of these files (metadata documents), bucket by bucket.
-
-        Buckets for which ``spare`` is true are skipped: the cleanup drops them whole afterwards.
-        """
+    async def delete(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        """Delete the bytes of these files (their metadata documents name the buckets), bucket by bucket."""
         by_bucket: dict[str, list[str]] = defaultdict(list)
         for doc in docs:
             by_bucket[bucket_of(doc)].append(str(doc["file_id"]))
         for bucket, ids in sorted(by_bucket.items()):
-            if spare is None or not spare(bucket):
-                await self.store(bucket).delete(ids)
+            await self.store(bucket).delete(ids)
 
     async def names(self) -> list[str]:
         """Every bucket in the database (either of its two collections present), sorted."""

@@ -1,4 +1,4 @@
-"""Deleting many files at once: one pass over the metadata in windows of file ids, then whole buckets.
+"""Deleting many files at once: whole expired buckets, then one pass over the rest in file-id windows.
 
 Why this shape (measured on the embedded SecantusDB, see the cleanup benchmark): the server
 evaluates a whole query per call, so re-querying "the next batch" with a limit rescanned every
@@ -9,12 +9,15 @@ deleted metadata first — one journaled range delete on the unique ``file_id`` 
 the documents streamed, one fsync — then the bytes (a bulk of point deletes, short ``$in``
 lists for the chunks, bucket by bucket), then the local cache copies.
 
-A cleanup spares the bytes of files in buckets whose hour has entirely expired (see
-:mod:`.buckets`): once the pass has deleted their metadata, :func:`drop_expired_buckets` drops
-each such bucket that no metadata refers to any more — two commands instead of two deletes per
-file. A window, and a bucket's drop, is never abandoned half-way by a cancellation; a crash
-between the steps leaves only orphans (bytes without metadata, never the reverse) that the next
-cleanup's drops or ``reconcile`` remove.
+Before that pass a cleanup expires whole buckets (:func:`expire_buckets`): for each bucket whose
+hour ended DROP_MARGIN ago (see :mod:`.buckets`), one journaled delete of its files' metadata by
+the ``expires_at`` index over its hour — no cursor, no sort, so no server-side sort of every expired
+file — then, if no metadata names the bucket any more, two drops instead of two deletes per file.
+Measured on SecantusDB (100,000 files): ~0.3 ms per file for that delete against ~0.38 for the
+streamed windows, and ~0.13 ms per file for the drops against ~0.3 for per-file byte deletes.
+A window, and a bucket, is never abandoned half-way by a cancellation; a crash between the steps
+leaves only orphans (bytes without metadata, never the reverse) that the next cleanup or
+``reconcile`` removes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -33,7 +37,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from . import cache
 from .buckets import HOUR, Buckets, droppable, hour_of
 
-__all__ = ["delete_where", "drop_expired_buckets", "finish_if_cancelled"]
+__all__ = ["delete_where", "expire_buckets", "finish_if_cancelled"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,6 @@ async def delete_where(
     cache_dir: Path,
     retry: Retry,
     batch: int,
-    spare: Callable[[str], bool] | None = None,
 ) -> int:
     """Delete every file whose metadata matches ``query``; returns how many metadata documents went.
 
@@ -59,7 +62,6 @@ async def delete_where(
         buckets, cache_dir: where the bytes and the local copies live.
         retry: the file manager's retry wrapper (transient faults, StorageUnavailable).
         batch: files per window.
-        spare: buckets whose bytes are left in place (the cleanup drops them whole afterwards).
     """
     if "file_id" in query and not isinstance(query["file_id"], dict):
         raise ValueError("delete_where windows on file_id; delete a single file with delete_user_file")
@@ -73,7 +75,7 @@ async def delete_where(
                 return total
             ids = [d["file_id"] for d in docs]
             window = _window(query, ids)
-            step = _delete_window(window, docs, meta_ack, buckets, cache_dir, retry, spare)
+            step = _delete_window(window, docs, meta_ack, buckets, cache_dir, retry)
             total += await finish_if_cancelled(step)
     finally:
         await stream.close()
@@ -94,36 +96,53 @@ async def _delete_window(
     buckets: Buckets,
     cache_dir: Path,
     retry: Retry,
-    spare: Callable[[str], bool] | None,
 ) -> int:
     res = await retry(partial(meta_ack.delete_many, window), "delete files")
-    await buckets.delete(docs, spare)
+    await buckets.delete(docs)
     await cache.remove(cache_dir, [d["file_id"] for d in docs])
     return int(res.deleted_count)
 
 
-async def drop_expired_buckets(
-    buckets: Buckets, meta: AsyncCollection[Any], now: datetime, retry: Retry
-) -> list[str]:
-    """Drop every bucket whose hour ended DROP_MARGIN before ``now`` and that no metadata refers to.
+async def expire_buckets(
+    buckets: Buckets,
+    meta: AsyncCollection[Any],
+    meta_ack: AsyncCollection[Any],
+    now: datetime,
+    retry: Retry,
+) -> int:
+    """Delete every bucket whose hour ended DROP_MARGIN before ``now``: its files' metadata, then itself.
 
-    Run after the expired metadata is deleted (journaled), so no file that can still be seen loses
-    its bytes. Metadata found in a bucket's hour (an upload that finished after the cleanup's pass)
-    keeps the bucket for a later cleanup. Returns the dropped buckets' names.
+    Each bucket is one step, finished when the caller is cancelled: a journaled delete of the
+    metadata naming the bucket (durable before any byte goes), then — unless metadata naming it
+    turned up meanwhile (an upload that finished late, from a host whose clock lags: its bytes stay
+    for a later cleanup) — its two collections dropped. Returns how many metadata documents went.
     """
-    dropped = []
+    total = 0
     for bucket in await buckets.names():
-        hour = hour_of(bucket)
-        if hour is None or not droppable(bucket, now):
-            continue
-        in_hour = {"expires_at": {"$gte": hour, "$lt": hour + HOUR}}
-        referred = await retry(partial(meta.find_one, in_hour, {"_id": 0, "file_id": 1}), "check a bucket")
-        if referred is not None:
-            log.info("cleanup: %s still holds %s; dropped later", bucket, referred["file_id"])
-            continue
-        await finish_if_cancelled(buckets.drop(bucket))
-        dropped.append(bucket)
-    return dropped
+        if droppable(bucket, now):
+            total += await finish_if_cancelled(_expire_bucket(bucket, buckets, meta, meta_ack, retry))
+    return total
+
+
+async def _expire_bucket(
+    bucket: str, buckets: Buckets, meta: AsyncCollection[Any], meta_ack: AsyncCollection[Any], retry: Retry
+) -> int:
+    hour = hour_of(bucket)
+    if hour is None:  # not an hourly bucket: never dropped
+        return 0
+    # The hour's range first (SecantusDB plans by the first indexable clause); the path keeps files of
+    # that hour stored elsewhere (the legacy bucket) for the per-file pass, which deletes their bytes.
+    query = {
+        "expires_at": {"$gte": hour, "$lt": hour + HOUR},
+        "file_path": {"$regex": f"^{re.escape(f'gridfs://{bucket}/')}"},
+    }
+    res = await retry(partial(meta_ack.delete_many, query), "delete expired files")
+    late = await retry(partial(meta.find_one, query, {"_id": 0, "file_id": 1}), "check an expired bucket")
+    if late is not None:
+        log.info("cleanup: %s is named by %s again; dropped by a later cleanup", bucket, late["file_id"])
+    else:
+        await buckets.drop(bucket)
+    return int(res.deleted_count)
 
 
 class _Stream:

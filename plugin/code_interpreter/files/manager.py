@@ -44,8 +44,8 @@ from ..settings import Settings
 from ..storage.retry import RetryContext, RetryPolicy, context_for, with_retries
 from . import cache
 from .blobs import CODEC, BlobTooLarge
-from .buckets import LEGACY_BUCKET, Buckets, blob_path, bucket_for, bucket_of, droppable
-from .deletion import delete_where, drop_expired_buckets
+from .buckets import LEGACY_BUCKET, Buckets, blob_path, bucket_for, bucket_of
+from .deletion import delete_where, expire_buckets
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
 from .snapshots import SnapshotStore
@@ -267,20 +267,18 @@ class FileManager:
     async def cleanup_expired_files(self) -> int:
         """Delete expired files in batches (metadata, GridFS bytes, cache copies); returns how many.
 
-        The metadata goes first, in windows (journaled). Bytes in a bucket whose hour of expiry
-        ended more than the margin ago are not deleted file by file: the bucket is dropped whole
-        once no metadata refers to it; the bytes in other buckets go with their window.
-        Idempotent and safe to run from several processes at once: each batch is deleted with
-        ``delete_many`` (a document another cleaner took is simply not counted), and deleting or
-        dropping what is already gone is a no-op. Local cache copies of files deleted elsewhere are
+        First each bucket whose hour of expiry ended more than the margin ago: its files' metadata
+        by one journaled delete, then the bucket dropped whole. Then the other expired files in
+        windows, metadata (journaled) before bytes, the bytes file by file. Idempotent and safe to
+        run from several processes at once: each batch is deleted with ``delete_many`` (a document
+        another cleaner took is simply not counted), and deleting or dropping what is already gone
+        is a no-op. Local cache copies of files deleted elsewhere are
         swept too, and expired saved sessions are deleted (they are not counted).
         """
         now = self._now()
-        count = await self._delete_where({"expires_at": {"$lte": now}}, spare=partial(droppable, now=now))
-        dropped = await drop_expired_buckets(self.buckets, self.meta, now, self._retry)
-        if dropped:
-            log.info("cleanup: dropped %d expired bucket(s): %s", len(dropped), ", ".join(dropped))
-        await self._sweep_cache(now)
+        count = await expire_buckets(self.buckets, self.meta, self._meta_ack, now, self._retry)
+        count += await self._delete_where({"expires_at": {"$lte": now}})
+        await self._sweep_cache(now)  # also the copies of files that went with their bucket
         await self.snapshots.cleanup_expired()
         return count
 
@@ -391,7 +389,7 @@ class FileManager:
         log.info("quota: evicted %d oldest file(s) of user %s", len(victims), uid)
         return None
 
-    async def _delete_where(self, query: dict[str, Any], spare: Callable[[str], bool] | None = None) -> int:
+    async def _delete_where(self, query: dict[str, Any]) -> int:
         return await delete_where(
             query,
             self.meta,
@@ -400,7 +398,6 @@ class FileManager:
             self.cache_dir,
             self._retry,
             self.cleanup_batch,
-            spare,
         )
 
     async def _sweep_cache(self, now: datetime) -> None:
