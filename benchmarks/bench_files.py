@@ -5,12 +5,14 @@ set-up without MONGODB_URI), so figures include the wire protocol and WiredTiger
 Cleanup: 1,000 expired files with --quick, 10,000 in a full run, and also 100,000 when
 CODE_INTERPRETER_BENCH_FULL=1 (a few minutes on a busy 2-core machine, so it is opt-in). Beside
 the wall time, the cleanup rows give the server's own CPU time per file (from /proc), which the
-machine's load does not inflate, and the load average during the run.
+machine's load does not inflate, the load average during the run, and the worst latency of a
+point read sent meanwhile (SecantusDB runs one command at a time: a long one holds up the rest).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -22,7 +24,8 @@ from typing import Any
 
 from bson import Binary
 
-from code_interpreter.files import BUCKET, COLLECTION, FileManager
+from code_interpreter.files import COLLECTION, FileManager
+from code_interpreter.files.buckets import bucket_for
 from code_interpreter.settings import Settings
 from code_interpreter.storage import Storage
 
@@ -30,6 +33,8 @@ from ._common import Table, summarize
 from ._progress import step
 
 KB, MB = 2**10, 2**20
+EXPIRY_HOURS = 24  # the expired files' expiries are spread over this many hours (as many buckets)
+PROBE_EVERY_S = 0.05
 
 
 FULL_ENV = "CODE_INTERPRETER_BENCH_FULL"
@@ -153,17 +158,33 @@ async def _bounded(coros: list[Coroutine[Any, Any, float]], width: int) -> list[
 
 
 async def _cleanup(storage: Storage, settings: Settings, quick: bool) -> Table:
-    columns = ["files", "window", "insert s", "cleanup s", "files/s", "server CPU ms/file", "load avg"]
+    columns = [
+        "files",
+        "window",
+        "insert s",
+        "cleanup s",
+        "files/s",
+        "server CPU ms/file",
+        "worst read ms",
+        "load avg",
+    ]
     table = Table("Cleanup of expired files", columns)
     for n in cleanup_sizes(quick):
         table.rows.append(await _cleanup_one(storage, settings, n))
-    table.rows.append(await _floor(storage, 1_000 if quick else 10_000))
+    for drop in (False, True):
+        table.rows.append(await _floor(storage, settings, 1_000 if quick else 10_000, drop))
     table.notes.append(
-        "Each file: metadata + GridFS files document + one chunk, all deleted (no TTL index). server CPU: "
-        "the SecantusDB process's user + system time during the cleanup, per file. load avg: the 1-minute "
-        "load average at the start and the end of the cleanup. floor: the same files deleted by one "
-        "unfiltered delete_many per collection (nothing a cleanup can use: it must spare unexpired files "
-        "and uploads in flight), what SecantusDB needs to remove the documents and their index entries."
+        "Each file: metadata + GridFS files document + one chunk, all deleted (no TTL index); the bytes "
+        f"in the bucket of the file's expiry hour, the expiries spread over {EXPIRY_HOURS} hours that "
+        "all ended long ago, so for each bucket the cleanup deletes its files' metadata by one journaled "
+        "delete over its hour on the expires_at index and drops the bucket. "
+        "server CPU: the SecantusDB process's user + system time during the cleanup, per file. worst "
+        f"read: the slowest of point reads sent every {PROBE_EVERY_S * 1000:.0f} ms during it. load avg: "
+        "the 1-minute load average at the start and the end of the cleanup. floor: the same files "
+        "deleted by one unfiltered delete_many per collection, metadata and every bucket (nothing a "
+        "cleanup can use: it must spare unexpired files and uploads in flight), what SecantusDB needs to "
+        "remove the documents and their index entries; floor, drop: the metadata by one unfiltered "
+        "delete_many, the buckets dropped (the least this cleanup's way can cost)."
     )
     if not quick and os.environ.get(FULL_ENV) != "1":
         table.notes.append(f"100,000 files: set {FULL_ENV}=1 (a few minutes on a busy 2-core machine).")
@@ -172,47 +193,87 @@ async def _cleanup(storage: Storage, settings: Settings, quick: bool) -> Table:
 
 async def _cleanup_one(storage: Storage, settings: Settings, n: int) -> list[Any]:
     db = storage.db
-    insert_s = await _insert_expired(db, n, datetime.now(UTC) - timedelta(days=3))
     fm = FileManager(db, settings)
+    insert_s = await _insert_expired(fm, n, datetime.now(UTC) - timedelta(days=3))
     step(f"cleanup: deleting {n:,} expired files (progress every 30 s)")
     pid = storage.embedded.record.pid if storage.embedded and storage.embedded.record else None
     cpu0, load0 = _cpu_s(pid), os.getloadavg()[0]
     t = time.perf_counter()
     watcher = asyncio.create_task(_report_remaining(storage, n, t))
+    probe = _Probe(db)
     try:
         deleted = await fm.cleanup_expired_files()
     finally:
         watcher.cancel()
+        worst_ms = await probe.stop()
     cleanup_s = time.perf_counter() - t
     cpu1, load1 = _cpu_s(pid), os.getloadavg()[0]
     assert deleted == n, (deleted, n)
+    assert await _leftover(db) == 0, "the cleanup left bytes behind"
     server_ms = (cpu1 - cpu0) / n * 1000 if cpu0 is not None and cpu1 is not None else "-"
     load = f"{load0:.1f} / {load1:.1f}"
-    return [n, fm.cleanup_batch, insert_s, cleanup_s, n / cleanup_s, server_ms, load]
+    return [n, fm.cleanup_batch, insert_s, cleanup_s, n / cleanup_s, server_ms, worst_ms, load]
 
 
-async def _insert_expired(db: Any, n: int, past: datetime) -> float:
+class _Probe:
+    """Point reads of the metadata every PROBE_EVERY_S while a cleanup runs; the worst latency in ms."""
+
+    def __init__(self, db: Any) -> None:
+        self.worst = 0.0
+        self._task = asyncio.create_task(self._run(db))
+
+    async def _run(self, db: Any) -> None:
+        while True:
+            t = time.perf_counter()
+            await db[COLLECTION].find_one({"file_id": "user_0_0_probe"})
+            self.worst = max(self.worst, time.perf_counter() - t)
+            await asyncio.sleep(PROBE_EVERY_S)
+
+    async def stop(self) -> float:
+        """Stop probing (a read in flight counts up to now); the worst latency seen, in ms."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.worst * 1000
+
+
+async def _leftover(db: Any) -> int:
+    """Documents left in any bucket of file bytes."""
+    left = 0
+    for name in await db.list_collection_names():
+        if name.startswith("file_blobs"):
+            left += await db[name].estimated_document_count()
+    return left
+
+
+async def _insert_expired(fm: FileManager, n: int, past: datetime) -> float:
     """Bulk-insert n expired files as upload_file writes them; seconds taken.
 
-    Metadata, GridFS files document and one 1 KB chunk each: uploading 10,000 files one by one
-    would measure uploads, not cleanup.
+    Metadata, GridFS files document and one 1 KB chunk each, in the bucket of the file's expiry
+    hour (EXPIRY_HOURS of them, with their indexes as uploads create them): uploading 10,000 files
+    one by one would measure uploads, not cleanup.
     """
     step(f"cleanup: inserting {n:,} expired files")
+    db = fm.db
+    await fm.ensure_indexes()
     t = time.perf_counter()
     step_n = 1000
     for start in range(0, n, step_n):
-        ids = [
-            f"user_{i % 50}_{int(past.timestamp())}_{i:010x}" for i in range(start, min(n, start + step_n))
-        ]
+        docs = [_meta(i, past) for i in range(start, min(n, start + step_n))]
         data = Binary(os.urandom(KB))
-        await db[f"{BUCKET}.chunks"].insert_many([{"files_id": f, "n": 0, "data": data} for f in ids])
-        await db[f"{BUCKET}.files"].insert_many(
-            [
-                {"_id": f, "length": KB, "chunkSize": 255 * KB, "uploadDate": past, "filename": "x"}
-                for f in ids
-            ]
-        )
-        await db[COLLECTION].insert_many([_meta(f, past) for f in ids])
+        by_bucket: dict[str, list[str]] = {}
+        for d in docs:
+            by_bucket.setdefault(bucket_for(d["expires_at"]), []).append(d["file_id"])
+        for bucket, ids in by_bucket.items():
+            await fm.buckets.for_writing(bucket)
+            await db[f"{bucket}.chunks"].insert_many([{"files_id": f, "n": 0, "data": data} for f in ids])
+            await db[f"{bucket}.files"].insert_many(
+                [
+                    {"_id": f, "length": KB, "chunkSize": 255 * KB, "uploadDate": past, "filename": "x"}
+                    for f in ids
+                ]
+            )
+        await db[COLLECTION].insert_many(docs)
         if (start + step_n) % 20_000 == 0:
             step(f"cleanup: inserted {start + step_n:,} of {n:,}")
     return time.perf_counter() - t
@@ -231,19 +292,25 @@ def _cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _floor(storage: Storage, n: int) -> list[Any]:
-    """The same n files removed by unfiltered delete_many calls: the server's own cost per file."""
+async def _floor(storage: Storage, settings: Settings, n: int, drop: bool) -> list[Any]:
+    """The same n files removed by unfiltered delete_many calls (or drops): the server's own cost."""
     db = storage.db
-    insert_s = await _insert_expired(db, n, datetime.now(UTC) - timedelta(days=3))
+    insert_s = await _insert_expired(FileManager(db, settings), n, datetime.now(UTC) - timedelta(days=3))
+    buckets = sorted(name for name in await db.list_collection_names() if name.startswith("file_blobs_"))
     pid = storage.embedded.record.pid if storage.embedded and storage.embedded.record else None
     cpu0, load0 = _cpu_s(pid), os.getloadavg()[0]
     t = time.perf_counter()
-    for name in (COLLECTION, f"{BUCKET}.files", f"{BUCKET}.chunks"):
-        await db[name].delete_many({})
+    probe = _Probe(db)
+    await db[COLLECTION].delete_many({})
+    for name in buckets:
+        await (db.drop_collection(name) if drop else db[name].delete_many({}))
+    worst_ms = await probe.stop()
     wall = time.perf_counter() - t
     cpu1, load1 = _cpu_s(pid), os.getloadavg()[0]
     server_ms = (cpu1 - cpu0) / n * 1000 if cpu0 is not None and cpu1 is not None else "-"
-    return [f"{n} (floor)", "-", insert_s, wall, n / wall, server_ms, f"{load0:.1f} / {load1:.1f}"]
+    label = f"{n} (floor, drop)" if drop else f"{n} (floor)"
+    load = f"{load0:.1f} / {load1:.1f}"
+    return [label, "-", insert_s, wall, n / wall, server_ms, worst_ms, load]
 
 
 async def _report_remaining(storage: Storage, n: int, t0: float) -> None:
@@ -256,16 +323,19 @@ async def _report_remaining(storage: Storage, n: int, t0: float) -> None:
         step(f"cleanup: {done:,} of {n:,} deleted ({rate:.0f}/s{eta})")
 
 
-def _meta(file_id: str, past: datetime) -> dict[str, Any]:
+def _meta(i: int, past: datetime) -> dict[str, Any]:
+    """File i's metadata: uploaded at ``past``, expiring in one of EXPIRY_HOURS hours, all over by now."""
+    file_id = f"user_{i % 50}_{int(past.timestamp())}_{i:010x}"
+    expires_at = past + timedelta(hours=48 - i % EXPIRY_HOURS, minutes=i * 7 % 60)
     return {
         "file_id": file_id,
-        "user_id": file_id.split("_")[1],
+        "user_id": str(i % 50),
         "filename": "x.bin",
-        "file_path": f"gridfs://{BUCKET}/{file_id}",
+        "file_path": f"gridfs://{bucket_for(expires_at)}/{file_id}",
         "file_size": KB,
         "file_type": "binary",
         "content_type": "application/octet-stream",
         "sha256": "0" * 64,
         "uploaded_at": past,
-        "expires_at": past + timedelta(hours=48),
+        "expires_at": expires_at,
     }

@@ -14,6 +14,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from _clock import T0, Clock
+from _filestore import bucket_holding, counts
 from code_interpreter.errors import FileStoreError
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.settings import Settings
@@ -29,15 +30,6 @@ def clock() -> Clock:
 @pytest.fixture
 def fm(mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings], clock: Clock) -> FileManager:
     return FileManager(mongo_db, make_settings(), clock=clock)
-
-
-async def counts(db: AsyncDatabase[Any]) -> tuple[int, int, int]:
-    """(metadata documents, GridFS files, GridFS chunks)."""
-    return (
-        await db[COLLECTION].count_documents({}),
-        await db[f"{BUCKET}.files"].count_documents({}),
-        await db[f"{BUCKET}.chunks"].count_documents({}),
-    )
 
 
 async def stream(parts: list[bytes]) -> AsyncIterator[bytes]:
@@ -249,7 +241,8 @@ async def test_failed_metadata_write_removes_the_blob(fm: FileManager, mongo_db:
 
 async def test_corrupt_bytes_are_detected(fm: FileManager, mongo_db: AsyncDatabase[Any]) -> None:
     up = await fm.upload_file(1, b"original bytes", "c.txt")
-    await mongo_db[f"{BUCKET}.chunks"].update_one(
+    bucket = await bucket_holding(mongo_db, up["file_id"])
+    await mongo_db[f"{bucket}.chunks"].update_one(
         {"files_id": up["file_id"]}, {"$set": {"data": b"tampered bytes"}}
     )
     with pytest.raises(FileStoreError, match="corrupt"):

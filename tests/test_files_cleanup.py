@@ -18,18 +18,11 @@ from bson import Binary
 from pymongo.asynchronous.database import AsyncDatabase
 
 from _clock import T0, Clock
+from _filestore import bucket_holding, bucket_names, counts
 from code_interpreter.files import BUCKET, COLLECTION, FileManager
 from code_interpreter.settings import Settings
 
 HANG_GUARD_S = 60
-
-
-async def counts(db: AsyncDatabase[Any]) -> tuple[int, int, int]:
-    return (
-        await db[COLLECTION].count_documents({}),
-        await db[f"{BUCKET}.files"].count_documents({}),
-        await db[f"{BUCKET}.chunks"].count_documents({}),
-    )
 
 
 async def test_expiry_at_the_exact_boundary(
@@ -219,8 +212,16 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
+@pytest.mark.parametrize(
+    "hours_later",
+    [2, 3],  # the files' bucket (expiries at 13:00) deleted file by file at 14:00, dropped whole at 15:00
+)
 async def test_concurrent_cleanup_from_two_processes(
-    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings], mongo_uri: str, tmp_path: Path
+    mongo_db: AsyncDatabase[Any],
+    make_settings: Callable[..., Settings],
+    mongo_uri: str,
+    tmp_path: Path,
+    hours_later: int,
 ) -> None:
     clock = Clock()
     settings = make_settings(file_expiration_hours=1.0)
@@ -229,7 +230,7 @@ async def test_concurrent_cleanup_from_two_processes(
     for i in range(n):
         await fm.upload_file(i % 3, os.urandom(300 + i), f"{i}.bin")
     survivor = (await FileManager(mongo_db, settings).upload_file(9, b"now", "now.txt"))["file_id"]
-    now = (T0 + timedelta(hours=2)).isoformat()
+    now = (T0 + timedelta(hours=hours_later)).isoformat()
     go = tmp_path / "go"
     procs = [
         await asyncio.create_subprocess_exec(
@@ -264,6 +265,7 @@ async def test_concurrent_cleanup_from_two_processes(
     deleted = [json.loads(out.decode().strip().splitlines()[-1])["deleted"] for out, _ in results]
     assert sum(deleted) == n  # every file counted exactly once between the two
     assert await counts(mongo_db) == (1, 1, 1)
+    assert ("file_blobs_2026030113" in await bucket_names(mongo_db)) == (hours_later == 2)
     assert await fm.cleanup_expired_files() == 0
     assert await FileManager(mongo_db, settings).read_file(survivor, 9) == b"now"
 
@@ -299,8 +301,9 @@ async def test_reconcile_removes_orphans_both_ways(
         {"files_id": "user_1_1_bbbbbbbb", "n": 0, "data": Binary(b"x")}
     )
     lost = await fm.upload_file(1, b"lost bytes", "lost.txt")
-    await mongo_db[f"{BUCKET}.files"].delete_one({"_id": lost["file_id"]})
-    await mongo_db[f"{BUCKET}.chunks"].delete_many({"files_id": lost["file_id"]})
+    bucket = await bucket_holding(mongo_db, lost["file_id"])
+    await mongo_db[f"{bucket}.files"].delete_one({"_id": lost["file_id"]})
+    await mongo_db[f"{bucket}.chunks"].delete_many({"files_id": lost["file_id"]})
 
     assert await fm.reconcile() == {
         "orphan_blobs": 0,

@@ -18,8 +18,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from pymongo import AsyncMongoClient
+
+from _filestore import Commands, bucket_names, counts
 from code_interpreter.errors import StorageUnavailable
-from code_interpreter.files import BUCKET, FileManager
+from code_interpreter.files import FileManager
+from code_interpreter.files.orphans import find_orphans
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
 
@@ -105,8 +110,7 @@ async def test_database_killed_mid_upload(
         await interp.files.reconcile(grace_s=0)
         for u in (before, *uploaders):
             await assert_intact(interp.files, u.user, u.acknowledged)
-        blobs = await interp.db[f"{BUCKET}.files"].count_documents({})
-        metas = await interp.db["user_files"].count_documents({})
+        metas, blobs, _ = await counts(interp.db)
         assert blobs == metas
 
 
@@ -150,6 +154,81 @@ async def test_database_killed_mid_cleanup(
         await assert_intact(files, 7, kept)
         # Blobs whose metadata went before the crash are orphans now; reconcile finds and removes them.
         await files.reconcile(grace_s=0)
-        assert await interp.db[f"{BUCKET}.files"].count_documents({}) == len(kept)
-        assert await interp.db[f"{BUCKET}.chunks"].count_documents({"files_id": {"$in": expiring}}) == 0
+        assert (await counts(interp.db))[:2] == (len(kept), len(kept))
+        for bucket in await bucket_names(interp.db):
+            assert await interp.db[f"{bucket}.chunks"].count_documents({"files_id": {"$in": expiring}}) == 0
         await assert_intact(files, 7, kept)
+
+
+KILL_POINTS = {
+    "after a bucket's metadata delete": ("succeeded", "delete"),
+    "before the first bucket drop": ("started", "drop"),
+    "between a bucket's two drops": ("succeeded", "drop"),
+}
+
+
+@pytest.mark.parametrize("kill_at", list(KILL_POINTS))
+async def test_database_killed_mid_cleanup_of_expired_buckets(
+    own_server: OwnServer, make_settings: Callable[..., Settings], kill_at: str
+) -> None:
+    """kill -9 at each step of a cleanup that drops whole buckets (the server dies the moment the
+    command starts or is acknowledged). Nothing acknowledged is lost, no metadata is left without its
+    bytes (no half-deleted file), and the next cleanup finishes the job: every expired bucket gone."""
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    now = [t0]
+    armed: list[bool] = []
+    stage_wanted, command_wanted = KILL_POINTS[kill_at]
+
+    def kill(stage: str, command: str, body: dict[str, Any]) -> None:
+        if armed == [True] and (stage, command) == (stage_wanted, command_wanted):
+            armed.append(False)  # once
+            own_server.kill9()
+
+    settings = make_settings(mongodb_uri=own_server.uri)
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        own_server.uri, tz_aware=True, serverSelectionTimeoutMS=2000, event_listeners=[Commands(kill)]
+    )
+    try:
+        db = client[settings.database]
+        files = FileManager(db, settings, clock=lambda: now[0], cleanup_batch=5)
+        expiring: list[str] = []
+        for hour in range(3):  # 48 h files expiring in three different hours
+            now[0] = t0 + timedelta(hours=hour)
+            for i in range(10):
+                r = await files.upload_file(7, os.urandom(260_000 + i), f"old-{hour}-{i}.bin")
+                assert r["success"], r
+                expiring.append(r["file_id"])
+        now[0] = t0 + timedelta(hours=47)
+        kept: dict[str, str] = {}
+        for i in range(4):
+            r = await files.upload_file(7, os.urandom(70_000), f"young-{i}.bin")
+            kept[r["file_id"]] = r["sha256"]
+        forever = FileManager(db, settings.replace(file_expiration_hours=-1), clock=lambda: now[0])
+        r = await forever.upload_file(7, b"never expires", "forever.txt")
+        kept[r["file_id"]] = r["sha256"]
+        old_buckets = [b for b in await bucket_names(db) if b.startswith("file_blobs_20300103")]
+        assert len(old_buckets) == 3
+
+        now[0] = t0 + timedelta(hours=51, minutes=10)  # all three hours ended, the margin too
+        armed.append(True)
+        outcome: Any
+        try:
+            outcome = await within(CALL_BOUND_S, files.cleanup_expired_files())
+        except StorageUnavailable as exc:
+            outcome = exc
+        assert armed == [True, False], f"the server was never killed {kill_at}"
+        assert isinstance(outcome, StorageUnavailable), f"cleanup finished despite the kill ({outcome})"
+
+        own_server.start()
+        await assert_intact(files, 7, kept)
+        _, without_bytes = await find_orphans(files.meta, files.buckets, files._retry, grace_s=0)
+        assert without_bytes == [], "metadata outlived its bytes: a half-deleted file"
+
+        await within(CALL_BOUND_S, files.cleanup_expired_files())  # picks up where the crash left it
+        assert await files.meta.count_documents({"file_id": {"$in": expiring}}) == 0
+        assert not set(old_buckets) & set(await bucket_names(db)), "an expired bucket survived"
+        assert await files.reconcile(grace_s=0) == {"orphan_blobs": 0, "orphan_metadata": 0}
+        await assert_intact(files, 7, kept)
+        assert (await counts(db))[:2] == (len(kept), len(kept))
+    finally:
+        await client.close()

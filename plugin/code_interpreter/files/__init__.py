@@ -1,8 +1,9 @@
 """Files: each user's uploads and generated files, metadata in MongoDB and bytes in GridFS, with expiry.
 
 - :mod:`.manager` — :class:`FileManager` (upload, list, read, materialize, delete, cleanup, reconcile);
-- :mod:`.blobs` — the GridFS bucket, written chunk by chunk with a running sha256;
-- :mod:`.deletion` — deleting many files at once (cleanup, a user's files, quota eviction);
+- :mod:`.blobs` — a GridFS bucket, written chunk by chunk with a running sha256;
+- :mod:`.buckets` — one bucket per UTC hour of expiry (dropped whole once it has passed), and the legacy one;
+- :mod:`.deletion` — deleting many files at once (cleanup, a user's files, quota eviction), dropping buckets;
 - :mod:`.cache` — verified local copies the sandbox reads;
 - :mod:`.names` — safe file names and file types sniffed from the bytes;
 - :mod:`.orphans` — what a crash left behind, for reconcile.

@@ -4,20 +4,24 @@ Data model. ``user_files`` holds one document per file with the seed's fields (`
 ``user_id``, ``filename``, ``file_path``, ``file_size``, ``file_type``, ``uploaded_at``,
 ``expires_at``) plus ``sha256`` and ``content_type``. ``user_id`` is always stored as a *string*
 (Discord ids are ints; ``1`` and ``"1"`` are the same user). ``file_path`` is
-``gridfs://file_blobs/<file_id>``: the bytes live in the ``file_blobs`` GridFS bucket under
-``_id = file_id``; :meth:`FileManager.materialize` gives a local path. Times are BSON datetimes in
-UTC; ``expires_at`` is None for files that never expire (``file_expiration_hours = -1``).
-Returned dicts carry times as ISO-8601 strings, as the seed's did.
+``gridfs://<bucket>/<file_id>``: the bytes live in that GridFS bucket under ``_id = file_id`` —
+``file_blobs_<YYYYMMDDHH>`` for the UTC hour of ``expires_at``, or the legacy ``file_blobs`` for
+files that never expire and everything stored before buckets existed (see :mod:`.buckets`);
+:meth:`FileManager.materialize` gives a local path. Times are BSON datetimes in UTC; ``expires_at``
+is None for files that never expire (``file_expiration_hours = -1``). Returned dicts carry times
+as ISO-8601 strings, as the seed's did.
 
 Expiry, and why there is no TTL index. A file is invisible from the instant ``expires_at <=
 now``: every read filters on it, so nothing depends on when a cleaner runs. Deletion is done by
 :meth:`cleanup_expired_files`, which removes metadata, GridFS files *and chunks*, and local cache
-copies together. A TTL index would delete only the metadata, leaving GridFS chunks (the bulk of
-the bytes) and cache copies behind for :meth:`reconcile` to find, and its 60 s sweep races the
-cleaner; it adds nothing the cleaner does not do, so only a plain index on ``expires_at`` is
-created. Consistency: an upload writes the blob first and the metadata last (a file is visible
-only once complete), deletes remove metadata first; a crash between the two leaves an orphan
-that :meth:`reconcile` removes.
+copies together: bytes one file at a time where their bucket still holds files that have not
+expired, by dropping the whole bucket where its hour has passed. A TTL index would delete only
+the metadata, leaving GridFS chunks (the bulk of the bytes) and cache copies behind for
+:meth:`reconcile` to find, and its 60 s sweep races the cleaner; it adds nothing the cleaner does
+not do, so only a plain index on ``expires_at`` is created (it also finds a bucket's files).
+Consistency: an upload writes the blob first and the metadata last (a file is visible only once
+complete), deletes remove metadata first (journaled); a crash between the two leaves an orphan
+that :meth:`reconcile` or the next cleanup removes.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from ..errors import FileStoreError
 from ..settings import Settings
 from ..storage.retry import RetryContext, RetryPolicy, context_for, with_retries
 from . import cache
-from .blobs import CODEC, BlobStore, BlobTooLarge
-from .deletion import delete_where
+from .blobs import CODEC, BlobTooLarge
+from .buckets import LEGACY_BUCKET, Buckets, blob_path, bucket_for, bucket_of
+from .deletion import delete_where, expire_buckets
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
 from .snapshots import SnapshotStore
@@ -51,7 +56,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION = "user_files"
-BUCKET = "file_blobs"
+BUCKET = LEGACY_BUCKET  # the legacy bucket; files that expire use one bucket per hour (see .buckets)
 CLEANUP_BATCH = 1000
 RECONCILE_GRACE_S = 3600.0  # an upload still streaming has a blob without metadata for this long at most
 
@@ -80,7 +85,10 @@ class FileManager:
         # sequential, so this also makes the blob's earlier chunk writes durable (one fsync per upload;
         # without it SecantusDB loses the last acknowledged writes on kill -9).
         self._meta_ack = self.meta.with_options(write_concern=_journaled(self.meta.write_concern))
-        self.blobs = BlobStore(db, BUCKET, self._retry)
+        self.buckets = Buckets(db, self._retry)
+        """The GridFS buckets of file bytes (one per hour of expiry, and the legacy one)."""
+        self.blobs = self.buckets.store(BUCKET)
+        """The legacy bucket: files that never expire, and files stored before hourly buckets."""
         self.snapshots = SnapshotStore(db, settings, self._retry, self._now)
         """Saved sessions (same database and expiry rules)."""
         self.cache_dir = settings.home / "cache"
@@ -96,7 +104,7 @@ class FileManager:
         )
         await self._retry(lambda: self.meta.create_index("file_id", unique=True), "create index")
         await self._retry(lambda: self.meta.create_index("expires_at"), "create index")
-        await self.blobs.ensure_indexes()
+        await self.buckets.for_writing(BUCKET)
         await self.snapshots.ensure_indexes()
         self._indexed = True
 
@@ -137,33 +145,36 @@ class FileManager:
             return {"success": False, "error": refusal}
         now = self._now()
         file_id = f"user_{safe_id_part(uid)}_{int(now.timestamp())}_{secrets.token_hex(5)}"
+        ttl = self.settings.file_ttl_seconds
+        expires_at = _ms(now + timedelta(seconds=ttl)) if ttl is not None else None
+        bucket = bucket_for(expires_at)
+        blobs = await self.buckets.for_writing(bucket)
         try:
-            blob = await self.blobs.write(file_id, file_data, limit, name, {"user_id": uid})
+            blob = await blobs.write(file_id, file_data, limit, name, {"user_id": uid})
         except BlobTooLarge:
             return _too_large(limit)
         try:
             if known is None:  # a stream: its size is known only now
                 refusal = await self._make_room(uid, blob.size)
                 if refusal:
-                    await self.blobs.discard([file_id])
+                    await blobs.discard([file_id])
                     return {"success": False, "error": refusal}
             ftype = detect_file_type(name, blob.head, file_type, blob.tail)
-            ttl = self.settings.file_ttl_seconds
             doc = {
                 "file_id": file_id,
                 "user_id": uid,
                 "filename": name,
-                "file_path": f"gridfs://{BUCKET}/{file_id}",
+                "file_path": blob_path(bucket, file_id),
                 "file_size": blob.size,
                 "file_type": ftype,
                 "content_type": content_type_for(ftype),
                 "sha256": blob.sha256,
                 "uploaded_at": now,
-                "expires_at": _ms(now + timedelta(seconds=ttl)) if ttl is not None else None,
+                "expires_at": expires_at,
             }
             await self._retry(lambda: self._insert_meta(doc), f"save {name}")
         except BaseException:
-            await self.blobs.discard([file_id])  # no blob without metadata survives a failed upload
+            await blobs.discard([file_id])  # no blob without metadata survives a failed upload
             raise
         return {"success": True, **_public(doc)}
 
@@ -188,7 +199,7 @@ class FileManager:
             return None
 
         async def op() -> bytes | None:
-            chunks = await self.blobs.chunks_of(doc["file_id"])
+            chunks = await self.buckets.store(bucket_of(doc)).chunks_of(doc["file_id"])
             if chunks is None:
                 return None  # deleted between the lookup and the read
             return await cache.collect_verified(chunks, doc)
@@ -206,7 +217,7 @@ class FileManager:
             return path
 
         async def op() -> Path | None:
-            chunks = await self.blobs.chunks_of(doc["file_id"])
+            chunks = await self.buckets.store(bucket_of(doc)).chunks_of(doc["file_id"])
             if chunks is None:
                 return None
             await cache.write_verified(chunks, path, doc)
@@ -243,7 +254,7 @@ class FileManager:
         await self._retry(
             lambda: self._meta_ack.delete_one({"file_id": file_id, "user_id": uid}), "delete file"
         )
-        await self.blobs.delete([file_id])
+        await self.buckets.delete([doc])
         await cache.remove(self.cache_dir, [file_id])
         # An expired file is gone for its owner too: deleting it is tidy, but it was not "found".
         return _is_visible(doc, self._now())
@@ -256,14 +267,18 @@ class FileManager:
     async def cleanup_expired_files(self) -> int:
         """Delete expired files in batches (metadata, GridFS bytes, cache copies); returns how many.
 
-        Idempotent and safe to run from several processes at once: each batch is deleted with
-        ``delete_many`` (a document another cleaner took is simply not counted) and blob deletes
-        of already-deleted blobs are no-ops. Local cache copies of files deleted elsewhere are
+        First each bucket whose hour of expiry ended more than the margin ago: its files' metadata
+        by one journaled delete, then the bucket dropped whole. Then the other expired files in
+        windows, metadata (journaled) before bytes, the bytes file by file. Idempotent and safe to
+        run from several processes at once: each batch is deleted with ``delete_many`` (a document
+        another cleaner took is simply not counted), and deleting or dropping what is already gone
+        is a no-op. Local cache copies of files deleted elsewhere are
         swept too, and expired saved sessions are deleted (they are not counted).
         """
         now = self._now()
-        count = await self._delete_where({"expires_at": {"$lte": now}})
-        await self._sweep_cache(now)
+        count = await expire_buckets(self.buckets, self.meta, self._meta_ack, now, self._retry)
+        count += await self._delete_where({"expires_at": {"$lte": now}})
+        await self._sweep_cache(now)  # also the copies of files that went with their bucket
         await self.snapshots.cleanup_expired()
         return count
 
@@ -295,9 +310,10 @@ class FileManager:
         Blobs younger than ``grace_s`` (real time) are left alone: an upload in progress writes
         its blob before its metadata. Returns ``{"orphan_blobs": n, "orphan_metadata": m}``.
         """
-        blobs, metas = await find_orphans(self.meta, self.blobs, self._retry, grace_s)
-        for i in range(0, len(blobs), self.cleanup_batch):
-            await self.blobs.delete(blobs[i : i + self.cleanup_batch])
+        blobs, metas = await find_orphans(self.meta, self.buckets, self._retry, grace_s)
+        for bucket, ids in _by_bucket(blobs).items():
+            for i in range(0, len(ids), self.cleanup_batch):
+                await self.buckets.store(bucket).delete(ids[i : i + self.cleanup_batch])
         for i in range(0, len(metas), self.cleanup_batch):
             batch = metas[i : i + self.cleanup_batch]
             await self._retry(partial(self.meta.delete_many, {"file_id": {"$in": batch}}), "delete metadata")
@@ -375,7 +391,13 @@ class FileManager:
 
     async def _delete_where(self, query: dict[str, Any]) -> int:
         return await delete_where(
-            query, self.meta, self._meta_ack, self.blobs, self.cache_dir, self._retry, self.cleanup_batch
+            query,
+            self.meta,
+            self._meta_ack,
+            self.buckets,
+            self.cache_dir,
+            self._retry,
+            self.cleanup_batch,
         )
 
     async def _sweep_cache(self, now: datetime) -> None:
@@ -402,6 +424,13 @@ class FileManager:
                 raise
             except Exception:  # keep the loop alive: the next round may find the server back
                 log.exception("cleanup of expired files failed; retrying in %.0f s", interval_s)
+
+
+def _by_bucket(blobs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for bucket, blob_id in blobs:
+        out.setdefault(bucket, []).append(blob_id)
+    return out
 
 
 def _journaled(wc: WriteConcern) -> WriteConcern:
