@@ -13,21 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import pkgutil
 import sys
 from pathlib import Path
 
-from ._common import Table, machine, write_json
-
-HERE = Path(__file__).resolve().parent
-
-
-def areas() -> list[str]:
-    return sorted(
-        m.name.removeprefix("bench_")
-        for m in pkgutil.iter_modules([str(HERE)])
-        if m.name.startswith("bench_")
-    )
+from ._common import HERE, Table, areas, machine, write_json
+from .readme import ReadmeError, update
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,21 +27,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, default=HERE / "results" / "latest.json", help="where to write results"
     )
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="after the run, replace the README's benchmark tables with it (every area, not --quick)",
+    )
     args = parser.parse_args(argv)
     chosen = args.areas or areas()
     unknown = set(chosen) - set(areas())
     if unknown:
         parser.error(f"unknown area(s): {', '.join(sorted(unknown))}; choose from {', '.join(areas())}")
+    if args.readme and (args.quick or set(chosen) != set(areas())):
+        parser.error("--readme takes a full run of every area (no area list, no --quick)")
     print(f"Machine: {machine()}\n", flush=True)
-    tables: list[Table] = []
+    tables: list[tuple[str, Table]] = []
     for area in chosen:
         print(f"## {area}", flush=True)
         module = importlib.import_module(f"benchmarks.bench_{area}")
         for table in asyncio.run(module.run(args.quick)):
             print(table.render(), flush=True)
-            tables.append(table)
-    write_json(args.json, tables)
+            tables.append((area, table))
+    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    write_json(args.json, tables, command)
     print(f"Results written to {args.json}")
+    if args.readme:
+        try:
+            update(args.json, HERE.parent / "README.md", areas())
+        except ReadmeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("README.md: benchmark tables replaced")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pkgutil
 import platform
 import statistics
 import time
@@ -16,6 +17,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def areas() -> list[str]:
+    """The benchmark areas: each module ``bench_<area>.py`` here."""
+    return sorted(
+        m.name.removeprefix("bench_")
+        for m in pkgutil.iter_modules([str(HERE)])
+        if m.name.startswith("bench_")
+    )
 
 
 @dataclass(slots=True)
@@ -27,14 +39,14 @@ class Table:
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def render(self) -> str:
-        """Markdown rendering (the README pastes it as is)."""
+    def render(self, level: int = 3) -> str:
+        """Markdown rendering, the title a heading of ``level`` (the README's block is made of these)."""
         cells = [[_fmt(c) for c in row] for row in self.rows]
         widths = [
             max(len(str(col)), *(len(r[i]) for r in cells)) if cells else len(col)
             for i, col in enumerate(self.columns)
         ]
-        lines = [f"### {self.title}", ""]
+        lines = [f"{'#' * level} {self.title}", ""]
         lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)) + " |")
         lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for r in cells:
@@ -130,12 +142,13 @@ def machine() -> str:
     return f"{system}, {cpu}, {os.cpu_count()} cores{mem}, Python {platform.python_version()}"
 
 
-def write_json(path: Path, tables: Sequence[Table]) -> None:
-    """Write the tables and the machine line as JSON."""
+def write_json(path: Path, tables: Sequence[tuple[str, Table]], command: str = "") -> None:
+    """Write the (area, table) pairs, the machine line, the time and the command as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": machine(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tables": [asdict(t) for t in tables],
+        "command": command,
+        "tables": [{"area": area, **asdict(t)} for area, t in tables],
     }
     path.write_text(json.dumps(payload, indent=2, default=str))
