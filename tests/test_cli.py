@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from _process_env import process_env
 from openai_server import ScriptedOpenAI, completion, tool_call
 
 
@@ -31,18 +31,7 @@ def run_cli(
 @pytest.fixture
 def cli_env(tmp_path: Path, mongo_uri: str, db_name: str, sandbox_runtime: Any) -> dict[str, str]:
     """Environment of a fresh user: own home, the session database server, the shared test runtime."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CODE_INTERPRETER_", "OPENAI_", "MONGODB_URI"))
-    }
-    env.update(
-        CODE_INTERPRETER_HOME=str(tmp_path / "home"),
-        CODE_INTERPRETER_RUNTIME_DIR=str(sandbox_runtime.root),
-        CODE_INTERPRETER_DATABASE=db_name,
-        MONGODB_URI=mongo_uri,
-    )
-    return env
+    return process_env(tmp_path / "home", mongo_uri, db_name, sandbox_runtime.root)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import itertools
 import json
-import os
 import re
 import signal
 import socket
@@ -33,6 +32,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from _process_env import process_env
 from code_interpreter.settings import Settings
 from code_interpreter.tools import load_schema
 from code_interpreter.tools.schema import describe_state
@@ -48,18 +48,7 @@ CALL_S = 120  # a generous bound on any one exchange: a hang fails the test inst
 @pytest.fixture
 def mcp_env(tmp_path: Path, mongo_uri: str, db_name: str, sandbox_runtime: Any) -> dict[str, str]:
     """The server's environment: its own home, the session's database server, the shared runtime."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CODE_INTERPRETER_", "OPENAI_", "MONGODB_URI"))
-    }
-    env.update(
-        CODE_INTERPRETER_HOME=str(tmp_path / "server-home"),
-        CODE_INTERPRETER_RUNTIME_DIR=str(sandbox_runtime.root),
-        CODE_INTERPRETER_DATABASE=db_name,
-        MONGODB_URI=mongo_uri,
-    )
-    return env
+    return process_env(tmp_path / "server-home", mongo_uri, db_name, sandbox_runtime.root)
 
 
 @pytest.fixture
