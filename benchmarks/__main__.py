@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from pathlib import Path
 
-from ._common import HERE, Table, areas, machine, write_json
+from ._common import FULL_ENV, HERE, Table, areas, machine, write_json
 from .readme import ReadmeError, update
 
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         for table in asyncio.run(module.run(args.quick)):
             print(table.render(), flush=True)
             tables.append((area, table))
-    command = " ".join(["python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
+    env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k == FULL_ENV]  # what changes the run
+    command = " ".join([*env, "python -m benchmarks", *(argv if argv is not None else sys.argv[1:])])
     write_json(args.json, tables, command)
     print(f"Results written to {args.json}")
     if args.readme:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+FULL_ENV = "CODE_INTERPRETER_BENCH_FULL"
+"""Set to 1 for the runs a full benchmark leaves out by default (the 100,000-file cleanup)."""
 
 
 def areas() -> list[str]:

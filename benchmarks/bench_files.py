@@ -29,15 +29,12 @@ from code_interpreter.files.buckets import bucket_for
 from code_interpreter.settings import Settings
 from code_interpreter.storage import Storage
 
-from ._common import Table, summarize
+from ._common import FULL_ENV, Table, summarize
 from ._progress import step
 
 KB, MB = 2**10, 2**20
 EXPIRY_HOURS = 24  # the expired files' expiries are spread over this many hours (as many buckets)
 PROBE_EVERY_S = 0.05
-
-
-FULL_ENV = "CODE_INTERPRETER_BENCH_FULL"
 
 
 def cleanup_sizes(quick: bool) -> list[int]:
