@@ -80,6 +80,23 @@ def _usage(response: Any) -> dict[str, Any] | None:
     return usage.model_dump(exclude_none=True) if usage is not None else None
 
 
+def _request(
+    history: dict[str, Any],
+    tools: list[dict[str, Any]],
+    tool_choice: str | None,
+    max_out: dict[str, int | None],
+) -> dict[str, Any]:
+    """The request's keyword arguments: the history, the tools and their choice (only with tools), the
+    output cap (only when set); each API names the history and the cap its own way."""
+    kwargs = dict(history)
+    if tools:
+        kwargs["tools"] = tools
+        if tool_choice:
+            kwargs["tool_choice"] = tool_choice
+    kwargs.update({k: v for k, v in max_out.items() if v is not None})
+    return kwargs
+
+
 class ChatWire:
     """Chat Completions: ``client.chat.completions.create``."""
 
@@ -97,14 +114,7 @@ class ChatWire:
         max_out: int | None,
     ) -> dict[str, Any]:
         """``messages``, ``tools``, ``tool_choice``, ``max_completion_tokens``."""
-        kwargs: dict[str, Any] = {"messages": history}
-        if tools:
-            kwargs["tools"] = tools
-            if tool_choice:
-                kwargs["tool_choice"] = tool_choice
-        if max_out is not None:
-            kwargs["max_completion_tokens"] = max_out
-        return kwargs
+        return _request({"messages": history}, tools, tool_choice, {"max_completion_tokens": max_out})
 
     async def create(self, client: openai.AsyncOpenAI, model: str, kwargs: dict[str, Any]) -> Any:
         """``chat.completions.create``."""
@@ -151,14 +161,7 @@ class ResponsesWire:
         max_out: int | None,
     ) -> dict[str, Any]:
         """``input``, ``tools``, ``tool_choice``, ``max_output_tokens``."""
-        kwargs: dict[str, Any] = {"input": history}
-        if tools:
-            kwargs["tools"] = tools
-            if tool_choice:
-                kwargs["tool_choice"] = tool_choice
-        if max_out is not None:
-            kwargs["max_output_tokens"] = max_out
-        return kwargs
+        return _request({"input": history}, tools, tool_choice, {"max_output_tokens": max_out})
 
     async def create(self, client: openai.AsyncOpenAI, model: str, kwargs: dict[str, Any]) -> Any:
         """``responses.create`` (not streamed)."""
