@@ -70,6 +70,11 @@ async def started_executor(
         await executor.close()
 
 
+#: Layers that must be active, per mode: strict adds a second uid (and cgroups, root only); namespaces
+#: a user namespace instead.
+CORE_LAYERS = {"netns", "mountns", "pidns", "seccomp", "rlimits", "no_new_privs"}
+REQUIRED_LAYERS = {"strict": CORE_LAYERS | {"uid_drop"}, "namespaces": CORE_LAYERS | {"userns"}}
+
 #: Uid the sandboxed code sees for itself, per mode (in a user namespace it is root *of that namespace*).
 INSIDE_UID = {"strict": 65534, "namespaces": 0}
 

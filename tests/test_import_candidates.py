@@ -105,7 +105,9 @@ def test_superset_of_the_ast_scan_over_the_whole_standard_library() -> None:
         if missed:
             misses[str(path)] = missed
     assert not misses
-    assert checked > 1000  # the check really ran over the library (about 1,900 files take the quick pass)
+    # The check really ran over the library: about 1,900 files take the quick pass in a full CPython
+    # install, about 600 in Debian's python3 (its test modules are packaged apart).
+    assert checked > 500
 
 
 # -- through the package manager ----------------------------------------------------------------------

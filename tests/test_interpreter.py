@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from _executor_fixtures import REQUIRED_LAYERS, sandbox_mode
 from _interp_helpers import close_and_drop, started
 from code_interpreter.interpreter import PINS_DIR, CodeInterpreter
 from code_interpreter.settings import Settings
@@ -105,7 +106,7 @@ async def test_policy_does_not_refuse_ordinary_code(
 ) -> None:
     result = _ok(await interp.execute(code, user_id=_uid()))
     assert result["output"].strip() == expected
-    assert result["isolation"] == "strict"
+    assert result["isolation"] == sandbox_mode()  # isolation="auto": strict as root, namespaces otherwise
 
 
 REFUSED = [
@@ -399,8 +400,12 @@ async def test_status_reports_the_verified_layers_or_skips_starting_the_sandbox(
     interp: CodeInterpreter, make_settings: Callable[..., Settings], sandbox_runtime: Any
 ) -> None:
     status = await interp.status()
-    assert status["isolation"] == "strict" and status["executor"]["started"] is True
-    assert status["layers"] == status["executor"]["layers"] and status["layers"]["uid_drop"] is True
+    mode = sandbox_mode()
+    assert status["isolation"] == mode and status["executor"]["started"] is True
+    assert status["layers"] == status["executor"]["layers"]
+    active = {k for k, v in status["layers"].items() if v}
+    assert REQUIRED_LAYERS[mode] <= active
+    assert ("uid_drop" in active) is (mode == "strict") and ("userns" in active) is (mode == "namespaces")
     fresh = CodeInterpreter(make_settings(runtime_dir=sandbox_runtime.root))
     try:
         quick = await fresh.status(start_sandbox=False)

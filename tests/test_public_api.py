@@ -19,6 +19,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 import code_interpreter as ci
+from _executor_fixtures import REQUIRED_LAYERS, sandbox_mode
 from code_interpreter import compat, tokens
 from code_interpreter.errors import ConfigurationError
 from code_interpreter.files import FileManager
@@ -209,7 +210,7 @@ async def test_module_functions_with_an_async_database(env: Path, mongo_db: Asyn
     code += "import matplotlib.pyplot as plt\nplt.plot([1, 2])"
     result = await ci.execute_code(code, 7, user_files=[up], db_handler=mongo_db)  # the seed's file dicts
     assert result["success"], result["error"]
-    assert result["output"] == "6\n" and result["isolation"] == "strict"
+    assert result["output"] == "6\n" and result["isolation"] == sandbox_mode()
     (png,) = result["generated_files"]
     fm = ci.get_file_manager(mongo_db)
     assert await fm.read_file(png["file_id"], 7) == png["data"]
@@ -263,12 +264,10 @@ async def test_module_functions_through_the_environment(
     assert status["file_expiration_hours"] == 48 and status["max_file_size_mb"] == 50
     stored_before = status["total_user_files"]
     assert isinstance(stored_before, int) and isinstance(status["total_file_size_mb"], float | int)
-    assert status["isolation"] == "strict"
+    assert status["isolation"] == sandbox_mode()  # auto: strict as root, namespaces otherwise
     layers = status["layers"]
     assert layers is not None and status["executor"]["started"] is True
-    assert {"netns", "mountns", "pidns", "uid_drop", "seccomp", "rlimits", "no_new_privs"} <= {
-        name for name, active in layers.items() if active
-    }
+    assert REQUIRED_LAYERS[sandbox_mode()] <= {name for name, active in layers.items() if active}
     assert status["storage"]["reachable"] is True and status["storage"]["database"] == mongo_db.name
     assert status["settings"]["home"] == str(env)
 
