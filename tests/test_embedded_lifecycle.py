@@ -10,7 +10,6 @@ that no acknowledged file is lost on the way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from _embedded import gone, no_server_left
 from code_interpreter.files import FileManager
 from code_interpreter.settings import Settings
 from code_interpreter.storage import RetryPolicy, Storage
@@ -96,15 +96,6 @@ class UserProcess:
         assert self.proc.returncode == (-signal.SIGKILL if how == "kill" else 0)
 
 
-async def gone(*pids: int, within_s: float = HANG_GUARD_S) -> bool:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while any(_pid_running(p) for p in pids):
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 def settings_for(home: Path) -> Settings:
     return Settings(home=home, mongodb_uri=None, database="emb", embedded_idle_s=IDLE_S)
 
@@ -118,15 +109,7 @@ async def home(tmp_path: Path) -> AsyncIterator[Path]:
     """A shared home; after the test no server or watchdog may still run there."""
     path = tmp_path / "shared"
     yield path
-    lock = path / "db" / "server.lock"
-    if lock.exists() and lock.read_text().strip():
-        rec = json.loads(lock.read_text())
-        pids = [p for p in (rec["pid"], rec.get("watchdog_pid")) if p]
-        if not await gone(*pids):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"server {pids} outlived every user")
+    await no_server_left(path, HANG_GUARD_S)
 
 
 async def read_back(home: Path, file_ids: dict[str, int]) -> None:
@@ -145,7 +128,7 @@ async def test_no_server_outlives_its_last_user(home: Path, how: str) -> None:
     server = user.server
     assert _pid_running(server["pid"]) and _pid_running(server["watchdog_pid"])
     await user.end(how)
-    assert await gone(server["pid"], server["watchdog_pid"])
+    assert await gone(server["pid"], server["watchdog_pid"], within_s=HANG_GUARD_S)
     await read_back(home, {user.file_id: user.proc.pid})  # a new server; nothing acknowledged lost
 
 
@@ -165,7 +148,7 @@ async def test_a_live_user_is_never_cut_off(home: Path) -> None:
         for other in others:
             assert await fm.read_file(other.file_id, 7) == b"acknowledged by " + str(other.proc.pid).encode()
         assert (await fm.upload_file(7, b"still served", "late.txt"))["success"]
-    assert await gone(first["pid"], first["watchdog_pid"])
+    assert await gone(first["pid"], first["watchdog_pid"], within_s=HANG_GUARD_S)
 
 
 @pytest.mark.parametrize("delay", [0.0, IDLE_S / 2, IDLE_S * 1.2, IDLE_S * 3])
@@ -186,7 +169,7 @@ async def test_a_user_arriving_while_the_last_one_leaves(home: Path, delay: floa
         await asyncio.sleep(IDLE_S * 3)
         assert current(home) == mine and _pid_running(mine["pid"])  # not stopped under us, not replaced
         assert (await fm.upload_file(7, b"arrived", "b.txt"))["success"]
-    assert await gone(mine["pid"], mine["watchdog_pid"])
+    assert await gone(mine["pid"], mine["watchdog_pid"], within_s=HANG_GUARD_S)
 
 
 async def test_a_killed_watchdog_takes_its_server_along_and_users_get_a_new_one(home: Path) -> None:
@@ -198,11 +181,11 @@ async def test_a_killed_watchdog_takes_its_server_along_and_users_get_a_new_one(
         kept = await fm.upload_file(7, b"kept across", "k.txt")
         first = current(home)
         os.kill(first["watchdog_pid"], signal.SIGKILL)
-        assert await gone(first["pid"])  # not orphaned: it followed its watchdog
+        assert await gone(first["pid"], within_s=HANG_GUARD_S)  # not orphaned: it followed its watchdog
         async with asyncio.timeout(HANG_GUARD_S):
             assert await fm.read_file(kept["file_id"], 7) == b"kept across"
         second = current(home)
         assert second["pid"] != first["pid"] and second["port"] == first["port"]
         assert _pid_running(second["watchdog_pid"])
         assert (await fm.upload_file(7, b"after", "a.txt"))["success"]
-    assert await gone(second["pid"], second["watchdog_pid"])
+    assert await gone(second["pid"], second["watchdog_pid"], within_s=HANG_GUARD_S)

@@ -7,7 +7,6 @@ small retry bounds so a failure is reported in seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, OperationFailure
 
+from _embedded import gone, no_server_left
 from code_interpreter.errors import ConfigurationError, StorageUnavailable
 from code_interpreter.files import FileManager
 from code_interpreter.settings import Settings
@@ -174,25 +174,7 @@ async def embedded_home(tmp_path: Path) -> AsyncIterator[Path]:
     """A data dir of the test's own; a server still running there afterwards fails the test."""
     home = tmp_path / "ehome"
     yield home
-    lock = home / "db" / "server.lock"
-    if lock.exists() and lock.read_text().strip():
-        rec = json.loads(lock.read_text())
-        pids = [p for p in (rec["pid"], rec.get("watchdog_pid")) if p]
-        if not await gone(*pids, within_s=HANG_GUARD_S):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            pytest.fail(f"the embedded server {pids} outlived its last user")
-
-
-async def gone(*pids: int, within_s: float) -> bool:
-    """True once none of ``pids`` runs (polled; ``within_s`` only bounds a hang)."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while any(_pid_running(p) for p in pids):
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
+    await no_server_left(home, HANG_GUARD_S)
 
 
 def embedded_settings(home: Path) -> Settings:
