@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -375,8 +376,6 @@ class SessionManager:
 
 
 def _with_session(result: ExecutionResult, info: dict[str, Any]) -> ExecutionResult:
-    import dataclasses
-
     notes = list(result.notes)
     if info.pop("ended", False) and result.error and "session" not in result.error:
         notes.append("the session's process was stopped: the next call starts a fresh session")
