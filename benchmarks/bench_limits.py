@@ -46,7 +46,7 @@ RUNAWAYS = {
     ),
     "memory bomb": ("x = []\nwhile True:\n    x.append(b'x' * (32 * 2**20))", f"memory ({MEMORY_MB} MB)"),
     "output flood": ("while True:\n    print('y' * 1000)", "timeout (output capped)"),
-    "disk filler": ("f = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 2**20)", "max_write_mb (16)"),
+    "disk filler": ("f = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 2**20)", "work_dir_bytes (32 MB)"),
     "3 TCP connections": (CONNECT, "no network (refused at once)"),
 }
 
@@ -57,7 +57,7 @@ async def run(quick: bool) -> list[Table]:
     base = Path(tempfile.mkdtemp(prefix="bench-limits-"))
     settings = Settings(
         home=base / "home", runtime_dir=runtime_root, isolation="strict", memory_limit_mb=MEMORY_MB,
-        max_processes=32, max_open_files=64, max_write_mb=16, work_dir_mb=32, max_output_bytes=4000,
+        max_processes=32, max_open_files=64, work_dir_bytes=32 * 2**20, max_output_bytes=4000,
         default_timeout=5, max_timeout=10,
     )  # fmt: skip
     executor = Executor(settings, await ensure_runtime(settings))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from code_interpreter.settings import Settings
+from code_interpreter.settings import GROUPS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -39,15 +39,20 @@ def settings_table() -> str:
         ):
             docs[node.target.id] = str(nxt.value.value)
     special = {"home": "`~/.local/share/code-interpreter`", "max_parallel": "CPU count (at least 2)"}
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    assert sorted(n for names in GROUPS.values() for n in names) == sorted(fields), "a field is in no group"
     lines = ["| field | environment variable | default | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(Settings):
-        env = "MONGODB_URI" if f.name == "mongodb_uri" else "CODE_INTERPRETER_" + f.name.upper()
-        if f.name in special:
-            default = special[f.name]
-        else:
-            v = f.default
-            default = "`" + (",".join(v) if isinstance(v, tuple) else repr(v)) + "`"
-        lines.append(f"| `{f.name}` | `{env}` | {default} | {docs.get(f.name, '')} |")
+    for group, names in GROUPS.items():
+        lines.append(f"| **{group}** | | | |")
+        for name in names:
+            f = fields[name]
+            env = "MONGODB_URI" if name == "mongodb_uri" else "CODE_INTERPRETER_" + name.upper()
+            if name in special:
+                default = special[name]
+            else:
+                v = f.default
+                default = "`" + (",".join(v) if isinstance(v, tuple) else repr(v)) + "`"
+            lines.append(f"| `{name}` | `{env}` | {default} | {docs.get(name, '')} |")
     return "\n".join(lines)
 
 

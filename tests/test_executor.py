@@ -45,7 +45,7 @@ async def test_stdout_stderr_apart_and_result_dict_shape(executor: Executor) -> 
     assert (r.success, r.output, r.stderr, r.error, r.return_code) == (True, "out\n", "err\n", None, 0)
     d = r.to_dict()
     assert set(d) == {"success", "output", "error", "execution_time", "return_code", "stderr", "truncated",
-                      "isolation", "notes", "generated_files", "session"}  # fmt: skip
+                      "isolation", "notes", "generated_files", "session", "error_type"}  # fmt: skip
     assert d["isolation"] == "strict" and d["generated_files"] == []
 
 
@@ -90,11 +90,6 @@ async def test_several_megabytes_of_code(executor: Executor) -> None:
     assert 1_800_000 < len(code) <= executor.settings.max_code_bytes
     r = await run(executor, code, timeout=10)
     assert r.success and r.output == "90000 300000\n", r.error
-
-
-async def test_code_over_the_cap_is_refused_clearly(executor: Executor) -> None:
-    r = await run(executor, "#" * (executor.settings.max_code_bytes + 1))
-    assert not r.success and r.error is not None and r.error.startswith("Code too large")
 
 
 @pytest.mark.parametrize(
@@ -188,12 +183,13 @@ async def test_zygote_killed_mid_execution_then_recovery(executor: Executor) -> 
     marker = running.new_marker()
     slow = asyncio.create_task(run(executor, running.latched(marker, "print('finished')"), timeout=10))
     pid = await running.wait_for(marker)  # the child runs the user's code now, and waits for us
+    [(supervisor, child)] = executor.processes()
     await executor.kill_zygote()
-    assert running.find(marker) == pid, "the child was gone before the zygote was killed"
-    running.release(pid)
+    # Issue #22: nothing outlives what ends it. The supervisor dies with its zygote (parent-death signal),
+    # the child with its supervisor; the caller gets a clear result, and the next call a new zygote.
     r = await slow
-    # The supervisor reports straight to the host, so a started execution survives its zygote.
-    assert r.success and r.output == "finished\n", r.error
+    assert not r.success and r.error_type == "SandboxCrashed", r
+    assert not alive(supervisor) and not alive(child)
     again = await run(executor, "print('recovered')")
     assert again.success and again.output == "recovered\n"
     after = executor.status()["zygote_pid"]
@@ -264,7 +260,7 @@ async def test_start_refuses_unavailable_isolation(
 def test_auto_isolation_is_strict_as_root_namespaces_otherwise_and_fails_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from code_interpreter.executor import _isolation
+    from code_interpreter.executor import isolation as _isolation
 
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert resolve_isolation("auto") == (
@@ -287,7 +283,7 @@ def test_auto_isolation_is_strict_as_root_namespaces_otherwise_and_fails_closed(
 async def test_auto_without_any_sandbox_refuses_to_run_and_says_what_is_missing(
     sandbox_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from code_interpreter.executor import _isolation
+    from code_interpreter.executor import isolation as _isolation
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(_isolation, "isolation_problem", lambda m: "user namespaces are disabled (test)")

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import code_interpreter.inside as inside_pkg
-from code_interpreter.inside import collect_generated
+import code_interpreter.runtime.inside as inside_pkg
+from code_interpreter.runtime.inside import collect_generated
 
 INSIDE_DIR = Path(inside_pkg.__file__).resolve().parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +35,7 @@ DRIVER = r"""
 import json, os, runpy, signal, sys, traceback
 runtime_dir = sys.argv[1]
 heavy = ("numpy", "pandas", "matplotlib", "PIL")
-rt = runpy.run_path(os.path.join(runtime_dir, "_bootstrap.py"))["load_inside_package"](runtime_dir)
+rt = runpy.run_path(os.path.join(os.path.dirname(runtime_dir), "_bootstrap.py"))["load_inside_package"](runtime_dir)
 info = {
     "name": rt.__name__,
     "heavy_after_load": [m for m in heavy if m in sys.modules],

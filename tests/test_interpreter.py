@@ -19,7 +19,8 @@ import pytest
 
 from _executor_fixtures import REQUIRED_LAYERS, sandbox_mode
 from _interp_helpers import close_and_drop, started
-from code_interpreter.interpreter import PINS_DIR, CodeInterpreter
+from code_interpreter.executor.pins import PINS_DIR
+from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

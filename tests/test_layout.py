@@ -7,6 +7,7 @@ inside functions count as edges too: a cycle hidden there is still two modules t
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import code_interpreter
@@ -104,6 +105,48 @@ def test_no_import_cycles() -> None:
     assert find_cycle(import_graph()) is None
 
 
+def package_graph() -> dict[str, set[str]]:
+    """The import graph with every subpackage drawn as one node (root modules stay themselves).
+
+    A cycle here is two packages that need each other, even when no two of their modules do: the
+    package-level cycle files → executor → files once hid from the module graph.
+    """
+
+    def node(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() else module
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        if module == NAME:
+            continue  # the package's face re-exports from everywhere; it is imported by no module here
+        src = node(module)
+        packages.setdefault(src, set()).update(node(t) for t in targets if node(t) not in (src, NAME))
+    return packages
+
+
+def test_no_import_cycles_between_packages() -> None:
+    assert find_cycle(package_graph()) is None
+
+
+def test_the_runtime_side_imports_only_the_standard_library_and_itself() -> None:
+    """Everything under runtime/ runs in the sandbox's interpreter, which has no code_interpreter deps."""
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    found: dict[str, set[str]] = {}
+    for path in (PACKAGE / "runtime").rglob("*.py"):
+        for stmt in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in stmt.names] if isinstance(stmt, ast.Import) else []
+            if isinstance(stmt, ast.ImportFrom) and stmt.level == 0:
+                names = [stmt.module or ""]
+            bad = {n for n in names if n.split(".")[0] not in stdlib}
+            if bad:
+                found.setdefault(str(path.relative_to(PACKAGE)), set()).update(bad)
+    # numpy, pandas, matplotlib and cloudpickle are imported lazily by the code in the user's process
+    lazy = {"numpy", "pandas", "matplotlib", "matplotlib.pyplot", "matplotlib.figure", "PIL", "PIL.Image",
+            "cloudpickle", "openpyxl", "pyarrow", "yaml"}  # fmt: skip
+    assert {k: v - lazy for k, v in found.items() if v - lazy} == {}
+
+
 def test_the_root_holds_few_modules_without_shared_prefixes() -> None:
     root = sorted(p.stem for p in PACKAGE.glob("*.py"))
     assert len(root) <= MAX_ROOT_MODULES, root
@@ -122,6 +165,6 @@ def test_every_module_is_small() -> None:
 
 
 def test_the_code_that_runs_inside_the_sandbox_says_so() -> None:
-    doc = ast.get_docstring(ast.parse((PACKAGE / "inside" / "__init__.py").read_text())) or ""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "runtime" / "inside" / "__init__.py").read_text())) or ""
     first = doc.splitlines()[0]
     assert "inside the sandbox" in first and "stdlib" in first

@@ -124,7 +124,7 @@ async def test_a_later_user_finds_nothing_of_an_earlier_one_in_its_memory(
     os.chmod(data, 0o644)
     ref = FileRef(file_id=f"file-{name_marker}", path=data, filename=f"{name_marker}.csv", file_type="csv")
     alice = f"secret = {code_marker!r}\nprint(len(secret), load_file({ref.file_id!r}).shape)"
-    pool = executor._config(executor.runtime)["pool_size"]
+    pool = executor._config(executor.runtime).pool_size
     for _ in range(3 * pool):  # more executions than warm supervisors: the pool is refilled meanwhile
         r = await executor.execute(alice, user_id="alice", files=[ref], timeout=20)
         assert r.success and r.output.strip().endswith("(1, 2)"), everything(r)

@@ -218,7 +218,7 @@ async def test_idle_expiry_and_lru_eviction_save_the_session(
     tmp_path: Path, mongo_uri: str, sandbox_runtime: Any, database: str
 ) -> None:
     settings = _settings(tmp_path / "home", mongo_uri, database, sandbox_runtime, max_sessions_per_user=1,
-                         session_idle_minutes=5)  # fmt: skip
+                         session_idle_s=300)  # fmt: skip
     interp = await started(settings)
     try:
         now = [1000.0]
@@ -297,7 +297,7 @@ async def test_an_oversized_snapshot_leaves_out_its_largest_values(
     tmp_path: Path, mongo_uri: str, sandbox_runtime: Any, database: str
 ) -> None:
     interp = await started(
-        _settings(tmp_path / "home", mongo_uri, database, sandbox_runtime, max_snapshot_mb=1)
+        _settings(tmp_path / "home", mongo_uri, database, sandbox_runtime, max_snapshot_bytes=2**20)
     )
     try:
         user, sid = _uid(), "big"

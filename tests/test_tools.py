@@ -149,7 +149,7 @@ async def test_injected_user_id_is_refused(dispatcher: ToolDispatcher) -> None:
 async def test_wrong_type_and_empty_arguments(dispatcher: ToolDispatcher) -> None:
     _refused(await dispatcher.dispatch(call({"code": ["print(1)"]}), CTX), "'code' must be string, got array")
     _refused(await dispatcher.dispatch(call(""), CTX), "missing argument: 'code'")
-    _refused(await dispatcher.dispatch(call({"code": "   "}), CTX), "'code' is empty")
+    _refused(await dispatcher.dispatch(call({"code": "   "}), CTX), "the code is empty")
 
 
 async def test_five_megabyte_code_is_refused(dispatcher: ToolDispatcher) -> None:

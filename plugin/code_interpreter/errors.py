@@ -19,8 +19,13 @@ An error in the *user's code* is not an exception: it is data in the execution r
     │   ├── IsolationUnavailable  the requested isolation mode cannot be had here
     │   ├── SandboxTimeout        wall-clock limit reached (the child was killed)
     │   └── SandboxCrashed        the zygote or child died unexpectedly
-    ├── ToolArgumentError         the model's tool arguments were malformed
+    ├── ExecutionFailed           the user's code failed (only from ExecutionResult.raise_for_error)
+    ├── ToolArgumentError         invalid call arguments (the model's, or a request's)
     └── BudgetExceeded            a request's estimate would pass the user's budget
+
+Inside the package a refusal is raised where it is decided and becomes a failed
+:class:`~code_interpreter.executor.ExecutionResult` at the entrance (its ``error_type`` names the class);
+``result.raise_for_error()`` raises it again for a host that prefers exceptions.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "BudgetExceeded",
     "CodeInterpreterError",
     "ConfigurationError",
+    "ExecutionFailed",
     "FileNotFound",
     "FileStoreError",
     "FileTooLarge",
@@ -106,8 +112,12 @@ class SandboxCrashed(SandboxError):
     """The fork server or the execution child died unexpectedly."""
 
 
+class ExecutionFailed(CodeInterpreterError):
+    """The user's code failed (an exception, a non-zero exit): raised only by ``raise_for_error()``."""
+
+
 class ToolArgumentError(CodeInterpreterError, ValueError):
-    """The model's tool-call arguments were malformed."""
+    """Invalid call arguments: the model's tool-call arguments, or an execution request's."""
 
 
 class BudgetExceeded(CodeInterpreterError):

@@ -1,32 +1,44 @@
 """CodeInterpreter: owns the settings, storage, file store, package manager, executor and token bookkeeping.
 
-One tool call flows through :meth:`CodeInterpreter.execute`:
-validate → policy (a courtesy for the model) → packages (install approved imports) →
-pin the user's files (``files/pins.py``) → the executor (the OS sandbox is the wall): a fresh child
-for a one-shot call, or the user's live session (``executor/sessions.py``) → store generated files.
+One tool call flows through :meth:`CodeInterpreter.execute` (the seed's dict) or :meth:`CodeInterpreter.run`
+(the typed result): the request is validated once (``request.py``) → policy (a courtesy for the model) →
+packages (install approved imports) → pin the user's files (``executor/pins.py``) → a sandboxed process
+(``executor/process.py``): a fresh one for a one-shot call, the user's live session otherwise
+(``executor/sessions.py``) → store generated files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from .errors import CodeInterpreterError, PackageError, StorageUnavailable
-from .executor import EventCallback, ExecutionEvent, Executor, emit, resolve_isolation
-from .executor.sessions import MAX_SESSION_ID, SessionManager
+from .errors import CodeInterpreterError, PackageNotApproved, PolicyViolation, StorageUnavailable
+from .executor import (
+    EventCallback,
+    ExecutionEvent,
+    ExecutionResult,
+    Executor,
+    FileRef,
+    emit,
+    resolve_isolation,
+)
+from .executor.pins import PINS_DIR, STALE_PIN_MARGIN_S, pin_files, sweep_stale_pins
+from .executor.sessions import SessionManager
 from .files import FileManager
-from .files.pins import PINS_DIR, STALE_PIN_MARGIN_S, pin_files, sweep_stale_pins
 from .packages import PackageManager, ProgressCallback
 from .policy import check_code, policy_message
+from .request import ExecutionRequest
 from .settings import Settings
 from .storage import Storage
 from .tokens import TokenCounter, UsageStore
@@ -34,24 +46,6 @@ from .tokens import TokenCounter, UsageStore
 __all__ = ["CodeInterpreter"]
 
 log = logging.getLogger(__name__)
-
-
-def _failure(
-    error: str, *, notes: Sequence[str] = (), isolation: str = "", started: float | None = None
-) -> dict[str, Any]:
-    """A result in the seed's shape for a call refused before it ran."""
-    return {
-        "success": False,
-        "output": "",
-        "error": error,
-        "stderr": "",
-        "execution_time": 0.0 if started is None else round(time.perf_counter() - started, 4),
-        "return_code": 1,
-        "generated_files": [],
-        "truncated": False,
-        "isolation": isolation,
-        "notes": list(notes),
-    }
 
 
 class CodeInterpreter:
@@ -106,7 +100,7 @@ class CodeInterpreter:
                 self.settings.home / PINS_DIR,
                 self.settings.max_timeout + STALE_PIN_MARGIN_S,
             )
-            if self.settings.cleanup_interval_s > 0:
+            if self.settings.cleanup_interval_s is not None:
                 self._files.start_cleanup_task(self.settings.cleanup_interval_s)
             self._started = True
             self._loop = asyncio.get_running_loop()
@@ -198,101 +192,118 @@ class CodeInterpreter:
             session_id: None runs the code in a fresh process (nothing persists). A session id (trusted,
                 from the host: a channel or conversation id) runs it in that user's live session, like a
                 notebook cell: variables, imports and files persist, and a saved session is restored.
-            on_event: called with each :class:`~code_interpreter.executor.ExecutionEvent` as it
-                happens: ``stdout``/``stderr`` chunks, each stored ``file``, then ``done``.
+            on_event: called with each :class:`~code_interpreter.ExecutionEvent` as it happens:
+                ``stdout``/``stderr`` chunks, each stored ``file``, then ``done``.
 
         Returns:
-            ``{success, output, error, execution_time, return_code, generated_files, stderr, truncated,
-            isolation, notes, session}``; ``generated_files`` items carry
-            ``filename, data, type, mime, size, file_id``; ``session`` is ``{"id", "state", "cell"}``
-            (state ``new``, ``live``, ``restored`` or ``restarted``), None for a one-shot call.
-            Errors in the user's code, refusals and sandbox failures are results, not exceptions.
+            :meth:`ExecutionResult.to_dict`: ``{success, output, error, execution_time, return_code,
+            generated_files, stderr, truncated, isolation, notes, session, error_type}``;
+            ``generated_files`` items carry ``filename, data, type, mime, size, file_id``; ``session`` is
+            ``{"id", "state", "cell"}`` (state ``new``, ``live``, ``restored`` or ``restarted``), None for a
+            one-shot call. Errors in the user's code, refusals and sandbox failures are results, not
+            exceptions.
+        """
+        try:
+            request = ExecutionRequest.build(
+                self.settings, code, user_id, user_files, install_packages, timeout, session_id
+            )
+        except CodeInterpreterError as exc:
+            if on_event is not None:
+                await emit(on_event, ExecutionEvent("done", success=False))
+            return ExecutionResult.failed(exc, isolation=self.isolation[0]).to_dict()
+        return (await self.run(request, on_event=on_event)).to_dict()
+
+    async def run(
+        self, request: ExecutionRequest, *, on_event: EventCallback | None = None
+    ) -> ExecutionResult:
+        """Run a validated request: the one run path behind :meth:`execute`, the dispatcher and integrations.
+
+        Every refusal and failure is a result (its ``error_type`` names why); ``on_event`` receives the
+        live output, each stored file, then ``done``.
         """
         started = time.perf_counter()
-        await self.start()
-        isolation = self.isolation[0]
-        if not isinstance(code, str):
-            return _failure(
-                f"code must be a string of Python source, got {type(code).__name__}", isolation=isolation
-            )
         try:
-            size = len(code.encode("utf-8"))
-        except UnicodeEncodeError as exc:  # lone surrogates: not text any interpreter can run
-            return _failure(_invalid_character(code, exc), isolation=isolation)
-        if size > self.settings.max_code_bytes:
-            return _failure(
-                f"code is {size:,} bytes; the limit is {self.settings.max_code_bytes:,} bytes. "
-                "Put large data in a file (upload it) and load it with load_file()",
-                isolation=isolation,
-            )
-        if not code.strip():
-            return _failure("code is empty: send the Python source to run", isolation=isolation)
-        if session_id is not None and (
-            not isinstance(session_id, str) or not session_id or len(session_id) > MAX_SESSION_ID
-        ):
-            return _failure(
-                f"session_id must be a non-empty string of at most {MAX_SESSION_ID} characters "
-                f"(a conversation or channel id), got {session_id!r:.80}; pass None for a one-shot call",
-                isolation=isolation,
-            )
-        effective_timeout, timeout_note = self.settings.clamp_timeout(timeout)
-        notes = [timeout_note] if timeout_note else []
+            await self.start()
+            result = await self._run(request, on_event)
+        except CodeInterpreterError as exc:  # refused, storage down, no sandbox: a result, not a raise
+            notes = [*request.notes, *getattr(exc, "__notes__", ())]
+            elapsed = time.perf_counter() - started
+            result = ExecutionResult.failed(exc, isolation=self.isolation[0], notes=notes, elapsed=elapsed)
+        if on_event is not None:
+            await emit(on_event, ExecutionEvent("done", success=result.success))
+        return result
 
-        findings = check_code(code, self.settings.policy)
+    async def _run(self, request: ExecutionRequest, on_event: EventCallback | None) -> ExecutionResult:
+        findings = check_code(request.code, self.settings.policy)
         if findings:
-            return _failure(policy_message(findings), notes=notes, isolation=isolation, started=started)
-
-        try:
-            prepared = await self.packages.prepare(code, install_packages, progress=self._progress)
-        except PackageError as exc:
-            return _failure(str(exc), notes=notes, isolation=isolation, started=started)
-        if prepared.refused:
-            return _failure(
-                prepared.refusal_message(),
-                notes=[*notes, *prepared.notes],
-                isolation=isolation,
-                started=started,
-            )
-        if prepared.installed:
-            notes.append(f"installed for this call: {', '.join(prepared.installed)}")
-        notes.extend(prepared.notes)
-
-        pin_dir = self.settings.home / PINS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
-        # Without a sandbox (isolation "none") a session reads its inputs at their pinned host paths.
-        keep_pins = session_id is not None and isolation == "none"
-        try:
-            refs = await pin_files(self.files, user_files or (), user_id, pin_dir)
-            if isinstance(refs, str):
-                return _failure(refs, notes=notes, isolation=isolation, started=started)
-            if session_id is None:
+            raise PolicyViolation(policy_message(findings))
+        notes = [*request.notes, *await self._prepare_packages(request)]
+        async with self._pinned(request) as refs:
+            if request.session_id is None:
                 executor = await self.executor()
                 result = await executor.execute(
-                    code, user_id=str(user_id), files=refs, timeout=effective_timeout, on_event=on_event
+                    request.code,
+                    user_id=request.user_id,
+                    files=refs,
+                    timeout=request.timeout,
+                    on_event=on_event,
                 )
             else:
                 result = await self.sessions.run_cell(
-                    str(user_id), session_id, code, refs, effective_timeout, on_event
+                    request.user_id, request.session_id, request.code, refs, request.timeout, (), on_event
                 )
-        except CodeInterpreterError as exc:  # storage down, corrupt bytes, no sandbox: a result, not a raise
-            return _failure(str(exc), notes=notes, isolation=isolation, started=started)
+        return await self._store_generated(request.user_id, result.with_notes(*notes, first=True), on_event)
+
+    async def _prepare_packages(self, request: ExecutionRequest) -> list[str]:
+        """Install what the code imports (approved only); the notes to add. PackageNotApproved if refused."""
+        prepared = await self.packages.prepare(
+            request.code, request.install_packages, progress=self._progress
+        )
+        if prepared.refused:
+            exc = PackageNotApproved(prepared.refusal_message())
+            for note in prepared.notes:
+                exc.add_note(note)
+            raise exc
+        installed = (
+            [f"installed for this call: {', '.join(prepared.installed)}"] if prepared.installed else []
+        )
+        return [*installed, *prepared.notes]
+
+    @contextlib.asynccontextmanager
+    async def _pinned(self, request: ExecutionRequest) -> AsyncIterator[list[FileRef]]:
+        """The request's files, hard-linked for the call (FileNotFound when one is not the user's)."""
+        if not request.file_ids:
+            yield []
+            return
+        pin_dir = self.settings.home / PINS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        # Without a sandbox (isolation "none") a session reads its inputs at their pinned host paths.
+        keep = request.session_id is not None and self.isolation[0] == "none"
+        try:
+            yield await pin_files(self.files, request.file_ids, request.user_id, pin_dir)
         finally:
-            if user_files and not keep_pins:
+            if not keep:
                 await asyncio.to_thread(shutil.rmtree, pin_dir, True)
 
-        out = result.to_dict()
-        out["notes"] = [*notes, *out.get("notes", [])]
-        for generated in out["generated_files"]:
-            saved = await self.files.upload_file(user_id, generated["data"], generated["filename"])
-            generated["file_id"] = saved.get("file_id") if saved.get("success") else None
-            if not saved.get("success"):
-                out["notes"].append(f"{generated['filename']} was not stored: {saved.get('error')}")
+    async def _store_generated(
+        self, user_id: str, result: ExecutionResult, on_event: EventCallback | None
+    ) -> ExecutionResult:
+        """Store each generated file in the file store: the result with their file ids."""
+        if not result.generated:
+            return result
+        stored = []
+        notes: list[str] = []
+        for generated in result.generated:
+            saved = await self.files.upload_file(user_id, generated.data, generated.filename)
+            file_id = saved.get("file_id") if saved.get("success") else None
+            stored.append(dataclasses.replace(generated, file_id=file_id))
+            if file_id is None:
+                notes.append(f"{generated.filename} was not stored: {saved.get('error')}")
             elif on_event is not None:
-                event = ExecutionEvent("file", filename=generated["filename"], file_id=generated["file_id"],
-                                       mime=generated["mime"])  # fmt: skip
+                event = ExecutionEvent(
+                    "file", filename=generated.filename, file_id=file_id, mime=generated.mime
+                )
                 await emit(on_event, event)
-        if on_event is not None:
-            await emit(on_event, ExecutionEvent("done", success=bool(out["success"])))
-        return out
+        return result.with_files(stored).with_notes(*notes)
 
     async def status(self, *, start_sandbox: bool = True) -> dict[str, Any]:
         """What is running and how: storage, isolation mode and layers, runtime and packages.
@@ -334,7 +345,7 @@ class CodeInterpreter:
             **self.packages.status(),
             "total_user_files": stored["files"],
             "total_file_size_mb": mb,
-            "file_expiration_hours": _whole(self.settings.file_expiration_hours),
+            "file_expiration_hours": _whole(self.settings.file_expiration_hours or -1),  # the seed's "never"
             "max_file_size_mb": _whole(round(self.settings.max_file_size / 2**20, 2)),
             "storage": storage,
             "isolation": self.isolation[0],
@@ -350,12 +361,3 @@ class CodeInterpreter:
 def _whole(value: float) -> float | int:
     """An int when the value is whole (the seed reported 48 and 50, not 48.0)."""
     return int(value) if float(value).is_integer() else value
-
-
-def _invalid_character(code: str, exc: UnicodeEncodeError) -> str:
-    """The refusal for text that is not valid Unicode (a lone surrogate), naming the line."""
-    line = code.count("\n", 0, exc.start) + 1
-    return (
-        f"code contains an invalid character (lone surrogate U+{ord(code[exc.start]):04X}) at line "
-        f"{line}: send plain UTF-8 text, e.g. write the character as an escape like '\\u00e9'"
-    )

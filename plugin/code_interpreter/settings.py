@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "ENV_PREFIX",
     "FILE_TTL_HOURS",
+    "GROUPS",
     "MAX_FILE_SIZE",
     "MAX_OUTPUT_BYTES",
     "MAX_TIMEOUT_S",
@@ -70,8 +71,15 @@ def _default_parallel() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Configuration of a CodeInterpreter; every field is also read from the environment."""
+    """Configuration of a CodeInterpreter; every field is also read from the environment.
 
+    Units: durations in seconds and sizes in bytes (the environment also takes ``200MB``, ``1GiB``), but
+    for the three the seed's contract names otherwise (``file_expiration_hours``, ``memory_limit_mb``,
+    ``runtime_rebuild_days``). Off is ``None`` (``none``/``off`` in the environment); the seed's ``-1``
+    for ``file_expiration_hours`` means the same. :data:`GROUPS` orders the fields by stage.
+    """
+
+    # -- storage --------------------------------------------------------------
     home: Path = field(default_factory=_default_home)
     """Data directory: embedded database, runtime venv, file cache, work dirs."""
     mongodb_uri: str | None = None
@@ -81,62 +89,71 @@ class Settings:
     embedded_idle_s: float = 3.0
     """Seconds the embedded server outlives the last process using it (killed ones included)."""
 
-    file_expiration_hours: float = FILE_TTL_HOURS
-    """Hours an uploaded or generated file is kept; -1 keeps files forever."""
+    # -- files ----------------------------------------------------------------
+    file_expiration_hours: float | None = FILE_TTL_HOURS
+    """Hours an uploaded or generated file (or saved session) is kept; None (or -1) keeps them forever."""
     max_file_size: int = MAX_FILE_SIZE
     """Largest accepted file in bytes."""
     max_files_per_user: int = 1000
     """Per-user quota: number of unexpired files."""
     max_bytes_per_user: int = 2 * 2**30
-    """Per-user quota: total bytes of unexpired files."""
+    """Per-user quota: total bytes of unexpired files and saved sessions."""
     quota_policy: QuotaPolicy = "refuse"
     """At the quota: refuse the upload, or evict the user's oldest files."""
-    cleanup_interval_s: float = 3600.0
-    """Seconds between background cleanups of expired files (and orphans); 0 disables them."""
+    cleanup_interval_s: float | None = 3600.0
+    """Seconds between background cleanups of expired files (and orphans); None: no background cleanup."""
 
+    # -- execution ------------------------------------------------------------
     default_timeout: int = DEFAULT_TIMEOUT_S
     """Wall-clock seconds for an execution when the call gives none."""
     max_timeout: int = MAX_TIMEOUT_S
     """Largest wall-clock timeout a call may ask for."""
-    max_output_bytes: int = MAX_OUTPUT_BYTES
-    """Cap on captured stdout (and separately stderr); head and tail are kept."""
-    max_tool_output_tokens: int = MAX_TOOL_OUTPUT_TOKENS
-    """Most tokens of output and errors the model reads per call (head and tail kept); the host gets all."""
     max_code_bytes: int = MAX_CODE_BYTES
     """Largest accepted source code in bytes."""
+    max_output_bytes: int = MAX_OUTPUT_BYTES
+    """Cap on captured stdout (and separately stderr) in bytes; the first and last halves are kept."""
+    max_tool_output_tokens: int = MAX_TOOL_OUTPUT_TOKENS
+    """Most tokens of output and errors the model reads per call (head and tail kept); the host gets all."""
     max_generated_files: int = 20
     """Most generated files returned per execution."""
     max_generated_bytes: int = 50 * 2**20
     """Most bytes of generated files returned per execution."""
+    policy: PolicyMode = "default"
+    """AST policy check before running (a helpful refusal, not the wall); "off" disables it."""
 
+    # -- sandbox --------------------------------------------------------------
     isolation: Isolation = "auto"
     """Sandbox: auto (strict as root, else namespaces; never runs without one), strict, namespaces, none."""
     sandbox_uid: int = 65534
     """Unprivileged uid the child switches to in strict mode."""
     sandbox_gid: int = 65534
     """Unprivileged gid the child switches to in strict mode."""
-    policy: PolicyMode = "default"
-    """AST policy check before running (a helpful refusal, not the wall); "off" disables it."""
     memory_limit_mb: int = 2048
-    """Memory limit per execution (cgroup v1 where writable, else RLIMIT_AS)."""
+    """Memory limit per execution in MB (cgroup v1 where writable, else RLIMIT_AS)."""
     max_processes: int = 64
     """Process limit per execution (RLIMIT_NPROC after the uid drop, cgroup pids)."""
     max_open_files: int = 256
     """RLIMIT_NOFILE in the child."""
-    max_write_mb: int = 512
-    """RLIMIT_FSIZE in the child: the largest file it may write."""
-    work_dir_mb: int = 1024
-    """Size of the child's private tmpfs work dir."""
+    work_dir_bytes: int = 2**30
+    """Size of the child's private work dir and of its /tmp (each a tmpfs); also its largest file."""
+    max_parallel: int = field(default_factory=_default_parallel)
+    """Most executions running at once; the rest queue."""
+    max_parallel_per_user: int | None = None
+    """Most executions one user may run at once; None: half of max_parallel (at least 1)."""
 
-    session_idle_minutes: float = 20.0
-    """Minutes a live session may sit idle before it is saved and its process stopped."""
+    # -- sessions -------------------------------------------------------------
+    session_idle_s: float = 1200.0
+    """Seconds a live session may sit idle before it is saved and its process stopped."""
     max_sessions: int = 32
     """Most live sessions on this host; a new one makes the least recently used idle one save and stop."""
     max_sessions_per_user: int = 4
     """Most live sessions of one user on this host (the user's least recently used one makes room)."""
-    max_snapshot_mb: int = 200
+    max_snapshot_bytes: int = 200 * 2**20
     """Largest saved session; over it the largest values are left out (and named in the notes)."""
+    session_save_timeout_s: float = 30.0
+    """Seconds a session's snapshot may take; past it the save is dropped (the next call says so)."""
 
+    # -- runtime and packages -------------------------------------------------
     runtime_dir: Path | None = None
     """Sandbox runtime venv; default ``home/runtime``."""
     runtime_python: str | None = None
@@ -151,16 +168,12 @@ class Settings:
     """Optional pip constraints file pinning versions."""
     pip_timeout: int = 900
     """Seconds one pip install may take."""
-    runtime_rebuild_days: float = RUNTIME_REBUILD_DAYS
-    """Rebuild the runtime aside and swap it in after this many days; -1 never."""
+    runtime_rebuild_days: float | None = RUNTIME_REBUILD_DAYS
+    """Rebuild the runtime aside and swap it in after this many days; None never."""
 
-    max_parallel: int = field(default_factory=_default_parallel)
-    """Most executions running at once; the rest queue."""
-    max_parallel_per_user: int = 0
-    """Most executions one user may run at once; 0 means half of max_parallel (at least 1)."""
-
+    # -- costs and tokens -----------------------------------------------------
     daily_budget_usd: float | None = None
-    """Per-user daily budget enforced by the agent loop; None disables the guard."""
+    """Per-user daily budget (model requests and sandbox cost), checked before each; None: no budget."""
     image_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
     """Hosts whose image headers may be read to size images for token estimates."""
     prices_file: Path | None = None
@@ -178,14 +191,14 @@ class Settings:
     @property
     def per_user_parallel(self) -> int:
         """Effective per-user parallel cap."""
-        if self.max_parallel_per_user > 0:
+        if self.max_parallel_per_user is not None:
             return min(self.max_parallel_per_user, self.max_parallel)
         return max(1, self.max_parallel // 2)
 
     @property
     def file_ttl_seconds(self) -> float | None:
         """File lifetime in seconds, None for never."""
-        return None if self.file_expiration_hours < 0 else self.file_expiration_hours * 3600.0
+        return None if self.file_expiration_hours is None else self.file_expiration_hours * 3600.0
 
     def clamp_timeout(self, timeout: float | None) -> tuple[float, str | None]:
         """Return (effective timeout, note) for a requested timeout; the note says what was changed."""
@@ -233,7 +246,7 @@ class Settings:
             if raw is None or raw == "":
                 continue
             try:
-                values[f.name] = _parse(raw, hints[f.name])
+                values[f.name] = _parse(raw, hints[f.name], size=_is_size(f.name))
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(f"{name}={raw!r}: {exc}") from None
         values.update(overrides)
@@ -246,28 +259,18 @@ class Settings:
             v = getattr(self, f.name)
             if choices and v not in choices:
                 raise ConfigurationError(f"{f.name}={v!r}: choose one of {', '.join(map(repr, choices))}")
-        positive = (
-            "max_file_size",
-            "default_timeout",
-            "max_timeout",
-            "max_output_bytes",
-            "max_tool_output_tokens",
-            "max_code_bytes",
-            "memory_limit_mb",
-            "max_processes",
-            "max_open_files",
-            "max_parallel",
-            "max_files_per_user",
-            "max_bytes_per_user",
-            "pip_timeout",
-            "session_idle_minutes",
-            "max_sessions",
-            "max_sessions_per_user",
-            "max_snapshot_mb",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
+            if v is not None and _base(hints[f.name]) is Path and not isinstance(v, Path):
+                object.__setattr__(self, f.name, Path(v).expanduser())
+        # The older spellings of "off" (the seed's -1, and 0) are read as the one spelling, None.
+        for name in _OFF_SPELLINGS:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                object.__setattr__(self, name, None)
+        if self.file_expiration_hours is not None and self.file_expiration_hours < 0:
+            object.__setattr__(self, "file_expiration_hours", None)
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {value!r}")
         if self.default_timeout > self.max_timeout:
             raise ConfigurationError(
                 f"default_timeout ({self.default_timeout}) must not exceed max_timeout ({self.max_timeout})"
@@ -275,9 +278,65 @@ class Settings:
         if self.embedded_idle_s < 0:
             raise ConfigurationError(f"embedded_idle_s must be >= 0 seconds, got {self.embedded_idle_s!r}")
         if self.file_expiration_hours == 0:
-            raise ConfigurationError("file_expiration_hours must be positive, or -1 to keep files forever")
-        if not isinstance(self.home, Path):
-            object.__setattr__(self, "home", Path(self.home))
+            raise ConfigurationError(
+                "file_expiration_hours must be positive, or None (-1) to keep files forever"
+            )
+
+
+#: Fields whose "off" may also be written as a number <= 0 (file_expiration_hours: the seed's -1 only).
+_OFF_SPELLINGS = ("runtime_rebuild_days", "cleanup_interval_s", "max_parallel_per_user")
+_POSITIVE = (
+    "max_file_size", "default_timeout", "max_timeout", "max_output_bytes", "max_tool_output_tokens",
+    "max_code_bytes", "memory_limit_mb", "max_processes", "max_open_files", "max_parallel", "work_dir_bytes",
+    "max_files_per_user", "max_bytes_per_user", "pip_timeout", "session_idle_s", "max_sessions",
+    "max_sessions_per_user", "max_snapshot_bytes", "session_save_timeout_s", "max_generated_files",
+    "max_generated_bytes",
+)  # fmt: skip
+
+#: The settings by stage, in the order of the README's table (a test checks every field is in one group).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "storage": ("home", "mongodb_uri", "database", "embedded_idle_s"),
+    "files": ("file_expiration_hours", "max_file_size", "max_files_per_user", "max_bytes_per_user",
+              "quota_policy", "cleanup_interval_s"),
+    "execution": ("default_timeout", "max_timeout", "max_code_bytes", "max_output_bytes",
+                  "max_tool_output_tokens", "max_generated_files", "max_generated_bytes", "policy"),
+    "sandbox": ("isolation", "sandbox_uid", "sandbox_gid", "memory_limit_mb", "max_processes",
+                "max_open_files", "work_dir_bytes", "max_parallel", "max_parallel_per_user"),
+    "sessions": ("session_idle_s", "max_sessions", "max_sessions_per_user", "max_snapshot_bytes",
+                 "session_save_timeout_s"),
+    "runtime and packages": ("runtime_dir", "runtime_python", "runtime_packages", "preload_modules",
+                             "approved_packages", "pip_constraints", "pip_timeout", "runtime_rebuild_days"),
+    "costs and tokens": ("daily_budget_usd", "image_hosts", "prices_file"),
+}  # fmt: skip
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_size(raw: str) -> int:
+    """Bytes from ``"1048576"``, ``"200MB"``, ``"1GiB"`` (case and spaces ignored)."""
+    text = raw.strip().lower().replace(" ", "").replace("_", "")
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number) :]
+    if unit not in _SIZE_UNITS or not number:
+        raise ValueError("expected a size in bytes, e.g. 1048576, 200MB or 1GiB")
+    return int(float(number) * _SIZE_UNITS[unit])
+
+
+def _base(tp: Any) -> Any:
+    """The type inside ``X | None``."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -303,13 +362,19 @@ def _literal_choices(tp: Any) -> tuple[Any, ...]:
     return ()
 
 
-def _parse(raw: str, tp: Any) -> Any:
+def _is_size(name: str) -> bool:
+    return name.endswith("_bytes") or name == "max_file_size"
+
+
+def _parse(raw: str, tp: Any, *, size: bool = False) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if raw.strip().lower() in ("none", "null"):
+        if raw.strip().lower() in ("none", "null", "off", "never"):
             return None
-        return _parse(raw, args[0])
+        return _parse(raw, args[0], size=size)
+    if size and tp is int:
+        return parse_size(raw)
     if origin is Literal:
         return raw.strip()
     if origin is tuple:

@@ -117,7 +117,7 @@ async def test_fork_server_killed_mid_execution(open_interp: OpenInterp, what: s
 
 async def test_work_dir_full_is_a_clear_error_and_the_next_call_works(open_interp: OpenInterp) -> None:
     # A small work dir (a tmpfs of its own per execution) and a larger per-file limit: the disk fills first.
-    async with open_interp(work_dir_mb=8, max_write_mb=64, preload_modules=()) as interp:
+    async with open_interp(work_dir_bytes=8 * 2**20, preload_modules=()) as interp:
         kept = await upload_many(interp, 9, 2)
         fill = (
             "chunk = b'x' * (1 << 20)\n"

@@ -59,7 +59,7 @@ def user_of(args: argparse.Namespace) -> str:
 
 def _kept_for(settings: Settings) -> str:
     hours = settings.file_expiration_hours
-    return "until deleted" if hours < 0 else f"{hours:g} h"
+    return "until deleted" if hours is None else f"{hours:g} h"
 
 
 # -- demo ---------------------------------------------------------------------------------------------

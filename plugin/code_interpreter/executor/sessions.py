@@ -1,42 +1,42 @@
-"""Live sessions: one long-lived sandboxed process per (user, session id), cells run in arrival order.
+"""Live sessions: one sandboxed process per (user, session id), cells run in arrival order.
 
-A session is an execution whose supervisor keeps its child after the first cell. It takes a warm
-supervisor like any execution, so it has every layer of a one-shot run and shares nothing with other
-sessions; its cells go over its own socket. Cells of one session run one at a time (a FIFO lock), each
-holding one of the executor's parallel slots while it runs. A cell past its deadline is interrupted
+A session is a :class:`~.process.SandboxProcess` that keeps its state between cells: every layer of a
+one-shot run, nothing shared with other sessions. Cells of one session run one at a time (a FIFO lock),
+each holding one of the executor's parallel slots while it runs. A cell past its deadline is interrupted
 (the variables survive); one that cannot be interrupted is killed, and the next call starts a fresh
 session whose result says ``restarted``.
 
-Sessions end by idle expiry, least-recently-used eviction (``max_sessions``, ``max_sessions_per_user``),
-:meth:`SessionManager.close` or shutdown: each is then *saved* (a snapshot made inside its sandbox,
-stored by the :class:`SnapshotStore` under the user) and its process stopped. The next call with
-the same user and session id, on this host or any other sharing the database, restores it.
+Room is reserved before anything starts: the per-user and total caps (``max_sessions_per_user``,
+``max_sessions``) count live sessions, those starting and those still ending, and a call that finds no
+room makes it by evicting idle sessions (least recently used first) or gets a result saying which
+sessions to close. Sessions end by idle expiry, eviction, :meth:`SessionManager.close`, ``reset`` or
+shutdown; all but ``reset`` *save* first (a snapshot made inside the sandbox, within
+``session_save_timeout_s``, in the user's own slot), and every end kills and verifies the process. A
+save that runs out of time is dropped; the next call of that session says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import SandboxCrashed
-from ..settings import Settings
-from ._channel import ExecChannel
-from ._executor import Executor
-from ._results import EventCallback, ExecutionResult, FileRef, failure
+from .executor import Executor
+from .process import ProcessGone, SandboxProcess
+from .results import EventCallback, ExecutionResult, FileRef, SessionInfo, SessionState
 
 __all__ = ["MAX_SESSION_ID", "SessionManager", "SnapshotStore"]
 
 log = logging.getLogger("code_interpreter.sessions")
 
 MAX_SESSION_ID = 200
-SAVE_WAIT_S = 150.0
 SWEEP_EVERY_S = 30.0
+#: Beyond its save deadline, an ending session gets this long to be gone.
+END_GRACE_S = 10.0
 
 
 class SnapshotStore(Protocol):
@@ -53,18 +53,16 @@ class SnapshotStore(Protocol):
 
 
 @dataclass(eq=False)
-class Session:
-    """One live session on this host."""
+class HostSession:
+    """One session on this host: its process (while live), its queue of cells, its counters."""
 
     user_id: str
     session_id: str
-    channel: ExecChannel | None = None
+    process: SandboxProcess | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cells: int = 0
-    state: str = "new"
+    state: SessionState = "new"
     last_used: float = 0.0
-    created: float = 0.0
-    names: dict[str, str] = field(default_factory=dict)
     busy: bool = False
 
     @property
@@ -74,16 +72,16 @@ class Session:
 
     @property
     def alive(self) -> bool:
-        """The process is there (a channel that has not ended)."""
-        return self.channel is not None
+        """Its process is there."""
+        return self.process is not None and self.process.alive
 
 
 class SessionManager:
-    """The live sessions of one executor (``interp.sessions``)."""
+    """The live sessions of one host (``interp.sessions``)."""
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Any,
         store: SnapshotStore | None,
         executor: Callable[[], Awaitable[Executor]],
         clock: Callable[[], float] = time.monotonic,
@@ -93,8 +91,9 @@ class SessionManager:
         self.store = store
         self._get_executor = executor
         self.clock = clock
-        self._sessions: dict[tuple[str, str], Session] = {}
-        self._restarted: dict[tuple[str, str], float] = {}  # died since their last cell: the next says so
+        self._sessions: dict[tuple[str, str], HostSession] = {}
+        self._ending: dict[HostSession, asyncio.Task[list[str]]] = {}
+        self._pending_notes: dict[tuple[str, str], tuple[float, str]] = {}  # said by the session's next cell
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- cells ---------------------------------------------------------------------------------------------
@@ -103,118 +102,78 @@ class SessionManager:
         user_id: str,
         session_id: str,
         code: str,
-        files: list[FileRef],
-        timeout: float | None,  # noqa: ASYNC109 - the public contract: a per-call wall-clock limit
+        files: Sequence[FileRef],
+        timeout: float,  # noqa: ASYNC109 - the cell's deadline, already validated by the request
+        notes: Sequence[str] = (),
         on_event: EventCallback | None = None,
     ) -> ExecutionResult:
         """Run one cell in the user's session, starting (or restoring) it first when it is not live."""
-        effective, note = self.settings.clamp_timeout(timeout)
-        notes = [note] if note else []
         ex = await self._get_executor()
-        refusal = ex.code_refusal(code)
-        if refusal:
-            return failure(refusal, ex.mode, notes)
         key = (str(user_id), str(session_id))
         while True:
             session = self._sessions.get(key)
             if session is None:
-                session = Session(key[0], key[1], created=self.clock(), last_used=self.clock())
-                self._sessions[key] = session
-                self._ensure_sweeper()
+                refusal = await self._reserve(key, timeout)
+                if refusal is not None:
+                    return ExecutionResult.failed(refusal, isolation=ex.mode, notes=notes,
+                                                  error_type="QuotaExceeded")  # fmt: skip
+                continue
             async with session.lock:
-                current = self._sessions.get(key)
-                if current is not None and current is not session:
+                if self._sessions.get(key) is not session:
                     continue  # ended while we waited, and a newer one took its place: queue there
-                self._sessions[key] = session
                 session.busy = True
                 try:
-                    return await self._cell(ex, session, code, files, effective, notes, on_event)
+                    return await self._cell(ex, session, code, files, timeout, list(notes), on_event)
                 finally:
                     session.busy = False
                     session.last_used = self.clock()
+                    if session.process is not None and not session.process.alive:
+                        await self._forget(session, restarted=True)
 
     async def _cell(
         self,
         ex: Executor,
-        session: Session,
+        session: HostSession,
         code: str,
-        files: list[FileRef],
+        files: Sequence[FileRef],
         limit: float,
         notes: list[str],
         on_event: EventCallback | None,
     ) -> ExecutionResult:
-        inputs = ex.inputs(files, session.names)
-        if not session.alive:
-            await self._make_room(session)  # before taking a slot: saving others can take a while
-        frame: dict[str, Any] = {
-            "code": code,
-            "timeout": limit,
-            "files": inputs,
-            "stream": on_event is not None,
-        }
-        async with ex.slot(session.user_id):
-            started = time.perf_counter()
+        for attempt in (1, 2):
             snapshot = b""
-            if not session.alive:
-                snapshot, state, restore_notes = await self._snapshot_for(session)
-                notes = [*notes, *restore_notes]
-                try:
-                    session.channel = await ex.open_channel()
-                except SandboxCrashed as exc:
-                    return failure(f"Sandbox crashed: {exc}", ex.mode, notes, time.perf_counter() - started)
+            if session.process is None:
+                snapshot, state, extra = await self._snapshot_for(session)
+                session.process = ex.process(session.user_id, keep_state=True)
                 session.state, session.cells = state, 0
-                frame.update(op="start", kind="session", restore=len(snapshot),
-                             max_snapshot=self.settings.max_snapshot_mb * 2**20)  # fmt: skip
+                notes = [*notes, *extra]
             else:
-                frame["op"] = "cell"
                 session.state = "live"
-            channel = session.channel
-            assert channel is not None
             try:
-                await channel.send(frame, snapshot)
-                result, header = await ex.await_result(
-                    channel, ex.outcome(limit, notes), on_event, started, session=True
+                result = await session.process.run(
+                    code, limit, files, notes=notes, on_event=on_event, restore=snapshot
                 )
-            except SandboxCrashed as exc:
-                await ex.kill_and_verify(channel)
-                result, header = failure(f"Sandbox crashed: {exc}", ex.mode, notes), {"alive": False}
-            except asyncio.CancelledError:
-                # The caller gave up mid-cell. The cell must stop, and its result must be read here,
-                # before the next caller gets the session (or it would read this cell's result).
-                await _finish(self._abandon(ex, session, channel, limit))
-                raise
-        session.cells += 1
-        info = {"id": session.session_id, "state": session.state, "cell": session.cells}
-        if not header.get("alive"):
-            await self._end(session, save=False)
-            self._restarted[session.key] = self.clock()
-            info["ended"] = True
-        return _with_session(result, info)
+            except ProcessGone as exc:
+                # It died between cells (nothing of this cell ran): start afresh, once.
+                session.process = None
+                self._pending_notes[session.key] = (self.clock(), _restarted_note(str(exc)))
+                if attempt == 2:
+                    raise
+                continue
+            session.cells += 1
+            info = SessionInfo(session.session_id, session.state, session.cells)
+            result = result.with_session(info)
+            if not session.process.alive and result.error and "session" not in result.error:
+                result = result.with_notes("the session's process was stopped: the next call starts a fresh "
+                                           "session")  # fmt: skip
+            return result
+        raise AssertionError("unreachable")
 
-    async def _abandon(self, ex: Executor, session: Session, channel: ExecChannel, limit: float) -> None:
-        """Interrupt a cell nobody waits for and read its result; end the session if it does not stop."""
-        try:
-            await channel.send({"op": "interrupt"})
-            _result, header = await ex.await_result(channel, ex.outcome(limit, []), None, time.perf_counter(),
-                                                    session=True)  # fmt: skip
-        except Exception:
-            header = {"alive": False}
-        if not header.get("alive"):
-            await ex.kill_and_verify(channel)
-            await self._end(session, save=False)
-            self._restarted[session.key] = self.clock()
-
-    async def _snapshot_for(self, session: Session) -> tuple[bytes, str, list[str]]:
+    async def _snapshot_for(self, session: HostSession) -> tuple[bytes, SessionState, list[str]]:
         """(snapshot bytes, state, notes) for a session about to start."""
-        if self._restarted.pop(session.key, None) is not None:
-            return (
-                b"",
-                "restarted",
-                [
-                    "the session's previous process was stopped (it ran past its timeout or crashed): its "
-                    "variables are gone, this is a fresh session"
-                ],
-            )
+        pending = self._pending_notes.pop(session.key, None)
+        if pending is not None:
+            return b"", "restarted", [pending[1]]
         if self.store is None:
             return b"", "new", []
         try:
@@ -224,71 +183,135 @@ class SessionManager:
             return b"", "new", [f"the saved session could not be used ({exc}); this is a fresh session"]
         return (data, "restored", []) if data else (b"", "new", [])
 
-    # -- lifecycle -----------------------------------------------------------------------------------------
-    async def _make_room(self, starting: Session) -> None:
-        """Before a session starts: save and stop the least recently used idle ones over the caps."""
-        live = [s for s in self._sessions.values() if s.alive and s is not starting]
-        mine = [s for s in live if s.user_id == starting.user_id]
-        for pool, cap in ((mine, self.settings.max_sessions_per_user), (live, self.settings.max_sessions)):
-            idle = sorted((s for s in pool if not s.busy), key=lambda s: s.last_used)
-            excess = len(pool) + 1 - cap
-            for victim in idle[: max(0, excess)]:
-                log.info(
-                    "evicting session %s of user %s (least recently used)", victim.session_id, victim.user_id
+    # -- room ------------------------------------------------------------------------------------------------
+    async def _reserve(self, key: tuple[str, str], wait: float) -> str | None:
+        """Reserve room for a new session ``key`` (evicting idle ones); a refusal message when there is none.
+
+        The check and the reservation happen without an await between them, so concurrent calls can
+        never pass the caps together; sessions still ending count until their process is gone.
+        """
+        deadline = self.clock() + wait
+        while True:
+            if key in self._sessions:
+                return None  # another call reserved it meanwhile
+            victims, refusal = self._victims(key[0])
+            if refusal is not None:
+                return refusal
+            if not victims:
+                self._sessions[key] = HostSession(key[0], key[1], last_used=self.clock())
+                self._ensure_sweeper()
+                return None
+            for victim in victims:
+                log.info("evicting session %s of user %s (least recently used)", victim.session_id,
+                         victim.user_id)  # fmt: skip
+                self._end_in_background(victim, save=True)
+            ending = [self._ending[v] for v in victims if v in self._ending]
+            left = deadline - self.clock()
+            if ending and left > 0:
+                await asyncio.wait(ending, timeout=left)
+            if self.clock() >= deadline:
+                return (
+                    "no room for a new session yet: the sessions making room are still saving; "
+                    "call again in a few seconds"
                 )
-                await self._save_and_stop(victim)
 
-    async def _save_and_stop(self, session: Session) -> list[str]:
-        async with session.lock:
-            return await self._end(session, save=True)
+    def _victims(self, user_id: str) -> tuple[list[HostSession], str | None]:
+        """Idle sessions to evict so one more of ``user_id`` fits, or why not (busy ones fill the caps)."""
+        s = self.settings
+        live = list(self._sessions.values())
+        ending_users = [x.user_id for x in self._ending]
+        victims: list[HostSession] = []
+        for pool, busy_count, cap, whose in (
+            ([x for x in live if x.user_id == user_id], ending_users.count(user_id), s.max_sessions_per_user,
+             "you have"),
+            (live, len(ending_users), s.max_sessions, "this host has"),
+        ):  # fmt: skip
+            excess = len(pool) + busy_count + 1 - cap - sum(v in pool for v in victims)
+            if excess <= 0:
+                continue
+            idle = sorted(
+                (x for x in pool if not x.busy and x not in victims and x.alive), key=lambda x: x.last_used
+            )
+            if len(idle) < excess and busy_count + len(pool) - len(idle) >= cap:
+                names = ", ".join(sorted(x.session_id for x in pool if x.user_id == user_id)[:5])
+                return [], (
+                    f"{whose} {len(pool) + busy_count} live sessions, the limit is {cap}, and none is idle: "
+                    f"close one first ({names or 'sessions of other users'}), or call again when one is idle"
+                )
+            victims += idle[:excess]
+        return victims, None
 
-    async def _end(self, session: Session, *, save: bool) -> list[str]:
-        """Stop the session's process (saving it first when asked); notes on what was saved."""
-        channel, session.channel = session.channel, None
-        self._sessions.pop(session.key, None)
+    # -- ends ------------------------------------------------------------------------------------------------
+    def _end_in_background(self, session: HostSession, *, save: bool) -> asyncio.Task[list[str]]:
+        """Start ending ``session`` (it stops counting as live, and counts as ending until it is gone)."""
+        existing = self._ending.get(session)
+        if existing is not None:
+            return existing
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        task = asyncio.create_task(self._end(session, save=save), name=f"end-session-{session.session_id}")
+        self._ending[session] = task
+        task.add_done_callback(lambda _task: self._ending.pop(session, None))
+        return task
+
+    async def _end(self, session: HostSession, *, save: bool) -> list[str]:
+        """Wait for the session's running cell, save it when asked, then close its process (kill, verify)."""
         notes: list[str] = []
-        if channel is None:
-            return notes
-        try:
-            if save and self.store is not None:
-                notes = await self._save(session, channel)
-            with contextlib.suppress(SandboxCrashed):
-                await channel.send({"op": "close"})
-        finally:
-            ex = await self._get_executor()
-            await ex.close_channel(channel)
+        async with session.lock:
+            process, session.process = session.process, None
+            if process is None:
+                return notes
+            try:
+                if save and self.store is not None and process.alive:
+                    notes = await self._save(session, process)
+            finally:
+                await process.close()
         return notes
 
-    async def _save(self, session: Session, channel: ExecChannel) -> list[str]:
+    async def _save(self, session: HostSession, process: SandboxProcess) -> list[str]:
         assert self.store is not None
-        cap = self.settings.max_snapshot_mb * 2**20
-        try:
-            await channel.send({"op": "save", "cap": cap})
-            async with asyncio.timeout(SAVE_WAIT_S):
-                while True:
-                    frame, blobs = await channel.receive()
-                    if frame.get("op") == "snapshot":
-                        break
-            notes = [str(n) for n in frame.get("notes", [])]
-            if blobs and blobs[0]:
-                await self.store.save(session.user_id, session.session_id, blobs[0], notes)
-            return notes
-        except Exception as exc:  # a session that cannot be saved is still stopped
-            log.warning(
-                "session %s of user %s could not be saved: %s", session.session_id, session.user_id, exc
+        data, notes = await process.save(self.settings.max_snapshot_bytes)
+        if not data:
+            self._pending_notes[session.key] = (
+                self.clock(),
+                "the session could not be saved when it last ended "
+                f"({'; '.join(notes) or 'no snapshot'}): its variables are gone, this is a fresh session",
             )
-            return [f"not saved: {exc}"]
+            return notes
+        try:
+            await self.store.save(session.user_id, session.session_id, data, notes)
+        except Exception as exc:  # a session that cannot be stored is still stopped
+            log.warning(
+                "session %s of user %s could not be stored: %s", session.session_id, session.user_id, exc
+            )
+            notes = [f"not saved: {exc}"]
+            self._pending_notes[session.key] = (
+                self.clock(),
+                f"the session could not be saved when it last ended ({exc}): its variables are gone",
+            )
+        return notes
+
+    async def _forget(self, session: HostSession, *, restarted: bool) -> None:
+        """A session whose process died: close what is left; its next call starts afresh."""
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+        process, session.process = session.process, None
+        if process is not None:
+            await process.close(polite=False)
+        if restarted and session.key not in self._pending_notes:
+            self._pending_notes[session.key] = (self.clock(), _restarted_note())
 
     async def expire_idle(self) -> int:
-        """Save and stop every session idle longer than ``session_idle_minutes``; returns how many."""
-        limit = self.settings.session_idle_minutes * 60.0
+        """Save and stop every session idle longer than ``session_idle_s``; returns how many."""
         now = self.clock()
-        idle = [s for s in self._sessions.values() if s.alive and not s.busy and now - s.last_used >= limit]
-        for session in idle:
-            await self._save_and_stop(session)
-        for key, when in list(self._restarted.items()):
-            if now - when >= limit:
-                del self._restarted[key]  # nobody came back: nothing left to say
+        idle = [s for s in self._sessions.values()
+                if s.alive and not s.busy and now - s.last_used >= self.settings.session_idle_s]  # fmt: skip
+        tasks = [self._end_in_background(s, save=True) for s in idle]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for key, (when, _note) in list(self._pending_notes.items()):
+            if now - when >= self.settings.session_idle_s:
+                del self._pending_notes[key]  # nobody came back: nothing left to say
         return len(idle)
 
     def _ensure_sweeper(self) -> None:
@@ -296,8 +319,8 @@ class SessionManager:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="code-interpreter-session-sweeper")
 
     async def _sweep_loop(self) -> None:
-        every = min(SWEEP_EVERY_S, max(1.0, self.settings.session_idle_minutes * 60.0 / 4))
-        while self._sessions or self._restarted:
+        every = min(SWEEP_EVERY_S, max(1.0, self.settings.session_idle_s / 4))
+        while self._sessions or self._pending_notes:
             await asyncio.sleep(every)
             try:
                 await self.expire_idle()
@@ -314,10 +337,9 @@ class SessionManager:
         now = self.clock()
         out = []
         for s in list(self._sessions.values()):
-            if user_id is not None and s.user_id != str(user_id):
+            if (user_id is not None and s.user_id != str(user_id)) or s.process is None:
                 continue
-            sup = s.channel.supervisor_pid if s.channel is not None else None
-            child = s.channel.child_pid if s.channel is not None else None
+            sup, child = s.process.pids
             mem = await asyncio.to_thread(_private_mb, child, sup)
             out.append({"id": s.session_id, "user_id": s.user_id, "state": s.state, "cells": s.cells,
                         "idle_seconds": round(now - s.last_used, 1), "busy": s.busy, "memory_mb": mem,
@@ -330,10 +352,9 @@ class SessionManager:
         had = False
         session = self._sessions.get(key)
         if session is not None:
-            async with session.lock:
-                had = session.alive
-                await self._end(session, save=False)
-        self._restarted.pop(key, None)
+            had = session.alive
+            await self._end_in_background(session, save=False)
+        self._pending_notes.pop(key, None)
         if self.store is not None:
             had = await self.store.delete(key[0], key[1]) or had
         return had
@@ -343,26 +364,29 @@ class SessionManager:
         session = self._sessions.get((str(user_id), str(session_id)))
         if session is None or not session.alive:
             return False
-        await self._save_and_stop(session)
+        await self._end_in_background(session, save=True)
         return True
 
     async def close_all(self) -> None:
-        """Shutdown: save and stop every live session."""
+        """Shutdown: save and stop every live session, all at once (each within its save deadline)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for session in list(self._sessions.values()):
-            await self._save_and_stop(session)
+        tasks = [self._end_in_background(s, save=True) for s in list(self._sessions.values())]
+        tasks += list(self._ending.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         """Live sessions on this host, for ``CodeInterpreter.status()``."""
         now = self.clock()
         return {
             "live": len(self._sessions),
+            "ending": len(self._ending),
             "max_sessions": self.settings.max_sessions,
             "max_sessions_per_user": self.settings.max_sessions_per_user,
-            "idle_minutes": self.settings.session_idle_minutes,
+            "idle_seconds": self.settings.session_idle_s,
             "sessions": [
                 {
                     "id": s.session_id,
@@ -375,11 +399,9 @@ class SessionManager:
         }
 
 
-def _with_session(result: ExecutionResult, info: dict[str, Any]) -> ExecutionResult:
-    notes = list(result.notes)
-    if info.pop("ended", False) and result.error and "session" not in result.error:
-        notes.append("the session's process was stopped: the next call starts a fresh session")
-    return dataclasses.replace(result, session=info, notes=tuple(notes))
+def _restarted_note(reason: str = "") -> str:
+    why = f" ({reason})" if reason else " (it ran past its timeout or crashed)"
+    return f"the session's previous process was stopped{why}: its variables are gone, this is a fresh session"
 
 
 def _private_mb(*pids: int | None) -> float | None:
@@ -396,13 +418,3 @@ def _private_mb(*pids: int | None) -> float | None:
         except (OSError, ValueError, IndexError):
             return None
     return round(kb / 1024, 1)
-
-
-async def _finish(work: Awaitable[None]) -> None:
-    """Run ``work`` to its end even if the caller is cancelled again meanwhile (it is bounded in time)."""
-    task = asyncio.ensure_future(work)
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            continue

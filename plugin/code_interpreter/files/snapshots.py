@@ -67,14 +67,14 @@ class SnapshotStore:
         """Store ``data`` as the session's snapshot (replacing the previous one); returns its document."""
         now = self._clock()
         blob_id = _prefix(user_id, session_id) + secrets.token_hex(8)
-        cap = self.settings.max_snapshot_mb * 2**20
+        cap = self.settings.max_snapshot_bytes
         try:
             written = await self.blobs.write(
                 blob_id, data, cap, f"session {session_id}", {"user_id": user_id}
             )
         except BlobTooLarge:
             raise SnapshotRefused(
-                f"the snapshot is over the {self.settings.max_snapshot_mb} MB cap"
+                f"the snapshot is over the {self.settings.max_snapshot_bytes / 2**20:g} MB cap"
             ) from None
         fields = {"blob_id": blob_id, "size": written.size, "sha256": written.sha256, "saved_at": now,
                   "expires_at": self._expiry(now), "notes": notes[:20]}  # fmt: skip

@@ -370,9 +370,9 @@ class PackageManager:
 
     # -- re-creation ---------------------------------------------------------------------------------
     def needs_rebuild(self, now: float | None = None) -> bool:
-        """True when the current runtime is older than settings.runtime_rebuild_days (never when <= 0)."""
+        """True when the current runtime is older than settings.runtime_rebuild_days (never when None)."""
         days = self.settings.runtime_rebuild_days
-        if days <= 0:
+        if days is None:
             return False
         created = self.runtime.info().get("created_at")
         if not isinstance(created, int | float):
@@ -418,7 +418,7 @@ class PackageManager:
 
     def _in_use(self) -> list[str]:
         days = self.settings.runtime_rebuild_days
-        if days <= 0:
+        if days is None:
             return self._record.names()
         return self._record.used_since(time.time() - days * 86400.0)
 

@@ -14,13 +14,14 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError
-from ..executor import EventCallback, ExecutionEvent
+from ..executor import EventCallback, ExecutionEvent, ExecutionResult
+from ..request import ExecutionRequest
 from .render import function_call_output, image_parts, render_for_model, supports_vision
-from .schema import EXECUTE_TOOL, SCHEMA_NAMES, tool_definitions, validate_arguments
+from .schema import EXECUTE_TOOL, SCHEMA_NAMES, validate_arguments
 
 if TYPE_CHECKING:
     from ..interpreter import CodeInterpreter
@@ -78,7 +79,7 @@ class ToolContext:
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """The outcome of one tool call: text for the model, the full result for the host."""
+    """The outcome of one tool call: text for the model, the full result for the host (views of one)."""
 
     tool_call_id: str
     """The id of the call it answers (``tool_call_id`` / ``call_id``)."""
@@ -86,12 +87,17 @@ class ToolResult:
     """The tool name the model used."""
     content: str
     """Compact text for the model: output, error with traceback, generated files, notes."""
-    result: dict[str, Any] = field(default_factory=dict)
-    """The full structured result (the interpreter's dict, generated file bytes included)."""
+    execution: ExecutionResult | None = None
+    """The execution's result (a refused call's failed result); None only for hand-made results."""
     is_error: bool = False
     """True when the call was refused or the code failed."""
     images: tuple[dict[str, Any], ...] = ()
     """``image_url`` parts (data URLs) of generated images, for vision-capable models."""
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The full structured result as the seed's dict (generated file bytes included)."""
+        return self.execution.to_dict() if self.execution is not None else {}
 
     @property
     def message(self) -> dict[str, Any]:
@@ -161,11 +167,6 @@ class ToolDispatcher:
         """Dispatch to ``interp`` (a started or startable CodeInterpreter)."""
         self.interp = interp
 
-    @staticmethod
-    def definitions(api: str = "chat") -> list[dict[str, Any]]:
-        """The tools to send to the model (see :func:`tool_definitions`)."""
-        return tool_definitions(api)  # type: ignore[arg-type]
-
     async def dispatch_all(
         self, tool_calls: Iterable[Any], context: ToolContext, *, on_event: EventCallback | None = None
     ) -> list[ToolResult]:
@@ -214,17 +215,8 @@ class ToolDispatcher:
         self, call_id: str, name: str, problem: str, *, error_type: str = "ToolArgumentError"
     ) -> ToolResult:
         content = f"Error: {problem}"
-        result = {
-            "success": False,
-            "output": "",
-            "error": content,
-            "error_type": error_type,
-            "execution_time": 0.0,
-            "return_code": None,
-            "generated_files": [],
-            "notes": [],
-        }
-        return ToolResult(call_id, name, content, result, is_error=True)
+        failed = ExecutionResult.failed(content, isolation=self.interp.isolation[0], error_type=error_type)
+        return ToolResult(call_id, name, content, failed, is_error=True)
 
     def _decode(self, call: _Call) -> Any | str:
         raw = call.arguments
@@ -265,20 +257,6 @@ class ToolDispatcher:
                 call.name,
                 f"invalid arguments for {call.name}: " + "; ".join(problems) + f". {_RETRY_HINT}",
             )
-        code: str = args["code"]
-        settings = self.interp.settings
-        size = len(code.encode("utf-8", "surrogatepass"))
-        if size > settings.max_code_bytes:
-            return self._refuse(
-                call.call_id,
-                call.name,
-                f"the code is {size:,} bytes; the limit is {settings.max_code_bytes:,} bytes. "
-                "Send a shorter program: keep data in the user's files (load_file) instead of in the code.",
-            )
-        if not code.strip():
-            return self._refuse(
-                call.call_id, call.name, f"'code' is empty: send the Python source to run. {_RETRY_HINT}"
-            )
         packages: Sequence[str] | None = args.get("install_packages") or None
         if packages and not context.allow_install:
             return self._refuse(
@@ -287,44 +265,48 @@ class ToolDispatcher:
                 "installing packages is disabled for this user: pass install_packages null and use the "
                 "preinstalled packages (numpy, pandas, matplotlib, seaborn, scipy).",
             )
-        timeout: int | None = args.get("timeout")
-        notes: list[str] = []
-        if context.max_timeout is not None:
-            cap = context.max_timeout
-            if timeout is None and settings.default_timeout > cap:
-                timeout = cap
-            elif timeout is not None and timeout > cap:
-                notes.append(f"timeout {timeout} s exceeds this user's limit; used {cap} s")
-                timeout = cap
-        await self.interp.start()  # idempotent; the file listing below needs the database
+        timeout, notes = self._timeout(args.get("timeout"), context)
+        try:  # before anything is looked up: a bad request costs nothing
+            request = ExecutionRequest.build(
+                self.interp.settings,
+                args["code"],
+                context.user_id,
+                None,
+                packages,
+                timeout,
+                context.session_id,
+            )
+        except CodeInterpreterError as exc:
+            problem = f"{exc}. {_RETRY_HINT}"
+            return self._refuse(call.call_id, call.name, problem, error_type=type(exc).__name__)
+        await self.interp.start()  # idempotent; the file listing needs the database
         files, missing = await self._file_ids(context)
         if missing:
             notes.append(
                 f"file(s) {', '.join(missing)} expired or were deleted and are not available; "
                 "ask the user to upload them again"
             )
-        result = await self.interp.execute(
-            code,
-            user_id=context.user_id,
-            user_files=files,
-            install_packages=packages,
-            timeout=timeout,
-            session_id=context.session_id,
-            on_event=on_event,
-        )
-        if notes:
-            result["notes"] = [*notes, *(result.get("notes") or [])]
+        request = request.with_files(files)
+        result = (await self.interp.run(request, on_event=on_event)).with_notes(*notes, first=True)
+        view = result.to_dict()
         content = await render_for_model(
-            call.name, result, max_tokens=settings.max_tool_output_tokens, model=context.model
+            call.name, view, max_tokens=self.interp.settings.max_tool_output_tokens, model=context.model
         )
-        images = (
-            image_parts(result.get("generated_files") or (), context.max_images)
-            if context.wants_images
-            else ()
-        )
+        images = image_parts(view["generated_files"], context.max_images) if context.wants_images else ()
         return ToolResult(
-            call.call_id, call.name, content, result, is_error=not result.get("success"), images=images
+            call.call_id, call.name, content, result, is_error=not result.success, images=images
         )
+
+    def _timeout(self, timeout: int | None, context: ToolContext) -> tuple[int | None, list[str]]:
+        """The model's timeout within this user's cap (the request clamps it to the host's maximum)."""
+        cap = context.max_timeout
+        if cap is None:
+            return timeout, []
+        if timeout is None:
+            return (cap if self.interp.settings.default_timeout > cap else None), []
+        if timeout > cap:
+            return cap, [f"timeout {timeout} s exceeds this user's limit; used {cap} s"]
+        return timeout, []
 
     async def _file_ids(self, context: ToolContext) -> tuple[list[str], list[str]]:
         """(file ids to mount, allowed ids that no longer exist)."""

@@ -1,11 +1,11 @@
 """The supervisor's side of one cell: feed the child, watch it, enforce the deadline, build the result.
 
-Loaded by file path in the zygote (stdlib only). :class:`HostChannel` is the supervisor's end of the
-execution socket: results are written blocking, live-output events through a bounded outbox that
-never blocks the watch loop (a host that stops reading loses events, never the deadline).
-:func:`watch_cell` polls the child's exit, its stdout/stderr/status pipes and the host's socket,
-sends ``event`` frames for live output when asked, and at the deadline kills the child (one-shot)
-or interrupts it first (a session keeps its variables when the interrupt works).
+:class:`HostChannel` is the supervisor's end of the execution socket. Nothing on it blocks without a
+deadline: results are written with one (:data:`HOST_WRITE_S`), live-output events go through a bounded
+outbox that never holds up the watch loop (a host that stops reading loses events, never the
+deadline). :func:`watch_cell` polls the child's exit, its stdout/stderr/status pipes and the host's
+socket, sends ``event`` frames for live output when asked, and at the deadline kills the child
+(one-shot) or interrupts it first (a session keeps its variables when the interrupt works).
 """
 
 from __future__ import annotations
@@ -17,35 +17,40 @@ import signal
 import time
 from typing import Any
 
+from .protocol import EXECUTION_TO_SUPERVISOR, MIB, Frame, FrameBuffer, Op, encode, write_all
+from .streams import Capped, LiveText, read_into
+from .warm import Warm
+
 DRAIN_S = 1.0
 INTERRUPT_GRACE_S = 2.0
-OUTBOX_CAP = 1 * 2**20
+OUTBOX_CAP = 1 * MIB
+#: A host that takes no bytes for this long is treated as gone (it reads every frame as it comes).
+HOST_WRITE_S = 30.0
 
 
 class HostGone(Exception):
-    """The host closed the execution socket: nobody waits for a result any more."""
+    """The host closed the execution socket (or stopped reading it): nobody waits for a result any more."""
 
 
 class HostChannel:
-    """The supervisor's end of the execution socket (non-blocking, with an outbox for events)."""
+    """The supervisor's end of the execution socket (non-blocking, with a bounded outbox for events)."""
 
-    def __init__(self, wire: Any, fd: int) -> None:
-        self.wire = wire
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.frames = wire.FrameBuffer()
+        self.frames = FrameBuffer(EXECUTION_TO_SUPERVISOR)
         self.outbox = bytearray()
         self.closed = False
         self.dropped_events = 0
         os.set_blocking(fd, False)
 
-    def event(self, message: dict[str, Any]) -> None:
-        """Queue a live event; dropped (and counted) when the host is not reading them."""
+    def event(self, stream: str, text: str) -> None:
+        """Queue a live event; dropped (and counted, reported with the result) when the host lags."""
         if self.closed:
             return
         if len(self.outbox) > OUTBOX_CAP:
             self.dropped_events += 1
             return
-        self.outbox += self.wire.encode(message)
+        self.outbox += encode(Op.EVENT, stream=stream, text=text)
         self.flush()
 
     def flush(self) -> None:
@@ -60,15 +65,18 @@ class HostChannel:
                 return
             del self.outbox[:n]
 
-    def send(self, message: dict[str, Any], blobs: list[bytes] | tuple[bytes, ...] = ()) -> None:
-        """Write the outbox, a frame and its bytes, blocking (OSError when the host is gone)."""
-        os.set_blocking(self.fd, True)
+    def send(self, op: Op, blobs: list[bytes] | tuple[bytes, ...] = (), **fields: Any) -> None:
+        """The outbox, then one frame and its bytes, within :data:`HOST_WRITE_S` (HostGone otherwise)."""
+        deadline = time.monotonic() + HOST_WRITE_S
         try:
-            self.wire.write_all(self.fd, bytes(self.outbox))
+            write_all(self.fd, bytes(self.outbox), deadline)
             self.outbox.clear()
-            self.wire.send(self.fd, message, blobs)
-        finally:
-            os.set_blocking(self.fd, False)
+            write_all(self.fd, encode(op, **fields), deadline)
+            for blob in blobs:
+                write_all(self.fd, blob, deadline)
+        except OSError as exc:  # Stalled, or the host is gone
+            self.closed = True
+            raise HostGone(str(exc)) from None
 
     def read(self) -> None:
         """Read what has arrived into the frame buffer; EOF marks the channel closed."""
@@ -82,9 +90,9 @@ class HostChannel:
             if not data:
                 self.closed = True
                 return
-            self.frames.feed_raw(data)
+            self.frames.feed(data)
 
-    def next_request(self, timeout: float | None) -> dict[str, Any] | None:
+    def next_request(self, timeout: float | None) -> Frame | None:
         """Wait for the next frame (None at EOF or after ``timeout`` seconds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
@@ -116,13 +124,11 @@ class HostChannel:
 class Cell:
     """The output, status and deadline of one running cell."""
 
-    def __init__(self, warm: Any, timeout: float, stream: bool, interruptible: bool) -> None:
-        cfg = warm.ctx.config
-        streams = warm.ctx.streams
-        cap = cfg["max_output_bytes"]
-        self.outs = {warm.fds["out"]: streams.Capped(cap), warm.fds["err"]: streams.Capped(cap)}
+    def __init__(self, warm: Warm, timeout: float, stream: bool, interruptible: bool) -> None:
+        cap = warm.ctx.config.max_output_bytes
+        self.outs = {warm.fds["out"]: Capped(cap), warm.fds["err"]: Capped(cap)}
         self.names = {warm.fds["out"]: "stdout", warm.fds["err"]: "stderr"}
-        self.live = {fd: streams.LiveText(cap) for fd in self.outs} if stream else None
+        self.live = {fd: LiveText(cap) for fd in self.outs} if stream else None
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.timeout = timeout
@@ -131,14 +137,14 @@ class Cell:
         self.timed_out = False
 
 
-def watch_cell(warm: Any, chan: HostChannel, cell: Cell) -> tuple[dict[str, Any], list[bytes]]:
-    """Watch the child until its ``done`` report, its exit or the deadline; return (result frame, blobs).
+def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[bytes]]:
+    """Watch the child until its ``done`` report, its exit or the deadline; return (result fields, blobs).
 
     Raises HostGone when the host closes the socket (the caller kills the child).
     """
     status = warm.status
     exited = False
-    done: tuple[str, dict[str, Any], list[bytes]] | None = None
+    done: tuple[Op, Frame, list[bytes]] | None = None
     while done is None and not exited and status.error is None:
         now = time.monotonic()
         if now >= cell.deadline:
@@ -159,21 +165,17 @@ def watch_cell(warm: Any, chan: HostChannel, cell: Cell) -> tuple[dict[str, Any]
                 chan.flush()
                 chan.read()
                 if chan.closed:
-                    raise HostGone
+                    raise HostGone("the host closed the execution socket")
                 if _interrupt_asked(chan):
                     cell.deadline = time.monotonic()  # the host gave up on this cell: stop it now
             else:
                 _read(warm, cell, chan, fd)
-        while status.items and done is None:
-            item = status.items.popleft()
-            if item[0] == "done":
-                done = item
+        if status.items:
+            done = status.items.popleft()
     if done is None and not cell.timed_out:
-        # No report yet: the child died, or forged a report. Kill it, then read every pipe to EOF (a
+        # No report yet: the child died, or garbled its report. Kill it, then read every pipe to EOF (a
         # one-shot child may exit right after writing its report), and the exit status says the rest.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(warm.pid, signal.SIGKILL)
-        _reap(warm)
+        kill_child(warm)
         for fd in (warm.pidfd, chan.fd):
             with contextlib.suppress(KeyError, ValueError):
                 warm.poller.unregister(fd)
@@ -182,9 +184,8 @@ def watch_cell(warm: Any, chan: HostChannel, cell: Cell) -> tuple[dict[str, Any]
             for fd, _ev in warm.poller.poll(100):
                 if fd in warm.open_fds:
                     _read(warm, cell, chan, fd)
-        while status.items and done is None and status.error is None:
-            item = status.items.popleft()
-            done = item if item[0] == "done" else None
+        if status.items and status.error is None:
+            done = status.items.popleft()
         alive = False
     else:
         alive = done is not None and not exited
@@ -196,19 +197,32 @@ def watch_cell(warm: Any, chan: HostChannel, cell: Cell) -> tuple[dict[str, Any]
         # bomb's hundreds of ms) happens after the result is sent.
         _drain_now(warm, cell, chan)
     elapsed = time.monotonic() - cell.started
-    return _header(warm, cell, done, alive, elapsed), (done[2] if done is not None else [])
+    return _header(warm, cell, chan, done, alive, elapsed), (done[2] if done is not None else [])
+
+
+def kill_child(warm: Warm) -> None:
+    """SIGKILL the child (pid 1 of its namespace: every process of the execution dies) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(warm.pid, signal.SIGKILL)
+    if warm.pid and warm.wstatus is None:
+        try:
+            _, warm.wstatus = os.waitpid(warm.pid, 0)
+        except ChildProcessError:
+            warm.wstatus = 0
 
 
 def _interrupt_asked(chan: HostChannel) -> bool:
-    """Whether the host sent ``interrupt`` mid-cell (the only frame it sends while a cell runs)."""
+    """Whether the host sent ``interrupt`` mid-cell (the only frame it may send while a cell runs)."""
     asked = False
     while (frame := chan.frames.next_frame()) is not None:
-        asked = asked or frame.get("op") == "interrupt"
+        if frame["op"] != Op.INTERRUPT:
+            raise HostGone(f"the host sent {frame['op'].value!r} while a cell ran")
+        asked = True
     return asked
 
 
-def _read(warm: Any, cell: Cell, chan: HostChannel, fd: int) -> None:
-    data = warm.ctx.streams.read_into(fd, warm.poller, warm.open_fds)
+def _read(warm: Warm, cell: Cell, chan: HostChannel, fd: int) -> None:
+    data = read_into(fd, warm.poller, warm.open_fds)
     if not data:
         return
     if fd in cell.outs:
@@ -216,12 +230,12 @@ def _read(warm: Any, cell: Cell, chan: HostChannel, fd: int) -> None:
         if cell.live is not None:
             text = cell.live[fd].text(data)
             if text:
-                chan.event({"op": "event", "stream": cell.names[fd], "text": text})
+                chan.event(cell.names[fd], text)
     else:
         warm.status.feed(data)
 
 
-def _drain_now(warm: Any, cell: Cell, chan: HostChannel) -> None:
+def _drain_now(warm: Warm, cell: Cell, chan: HostChannel) -> None:
     for fd in list(cell.outs):
         if fd not in warm.open_fds:
             continue
@@ -237,23 +251,19 @@ def _drain_now(warm: Any, cell: Cell, chan: HostChannel) -> None:
                 os.set_blocking(fd, True)
 
 
-def _reap(warm: Any) -> None:
-    if warm.pid and warm.wstatus is None:
-        try:
-            _, warm.wstatus = os.waitpid(warm.pid, 0)
-        except ChildProcessError:
-            warm.wstatus = 0
-
-
 def _header(
-    warm: Any, cell: Cell, done: tuple[str, dict[str, Any], list[bytes]] | None, alive: bool, elapsed: float
-) -> dict[str, Any]:
+    warm: Warm,
+    cell: Cell,
+    chan: HostChannel,
+    done: tuple[Op, Frame, list[bytes]] | None,
+    alive: bool,
+    elapsed: float,
+) -> Frame:
     out_fd, err_fd = warm.fds["out"], warm.fds["err"]
     status = warm.status
     layers = dict(warm.layers)
-    layers.update((status.ready or {}).get("layers", {}))
-    header: dict[str, Any] = {
-        "op": "result",
+    layers.update((status.ready or {}).get("layers") or {})
+    header: Frame = {
         "status": "ok",
         "elapsed": elapsed,
         "stdout": cell.outs[out_fd].text(),
@@ -264,15 +274,12 @@ def _header(
         "notes": [],
         "files": [],
         "alive": alive,
-        "child_pid": warm.child_host_pid,
+        "dropped_events": chan.dropped_events,
     }
     if done is not None:
         msg = done[1]
-        rc = msg.get("rc")
-        header["exit_code"] = rc if isinstance(rc, int) and not isinstance(rc, bool) else 1
-        header["notes"] = (
-            [str(n)[:500] for n in msg.get("notes", [])][:10] if isinstance(msg.get("notes"), list) else []
-        )
+        header["exit_code"] = msg["rc"]
+        header["notes"] = [str(n)[:500] for n in msg.get("notes") or []][:10]
         header["files"] = [
             {"filename": f["filename"], "mime": str(f.get("mime") or "application/octet-stream")[:100],
              "size": f["size"]}

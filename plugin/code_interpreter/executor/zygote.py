@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SandboxCrashed, SandboxError
-from . import _wire as wire
-from ._channel import ExecChannel
+from ..runtime.config import RuntimeConfig
+from ..runtime.protocol import CONTROL_TO_HOST, Frame, FrameBuffer, Op, ProtocolError, check_version, encode
+from .channel import ExecChannel
 
 log = logging.getLogger("code_interpreter.executor")
 
-ZYGOTE_SCRIPT = Path(__file__).with_name("_zygote.py")
+#: Run by the runtime's interpreter: loads ``runtime/`` by path and starts the zygote.
+ZYGOTE_SCRIPT = Path(__file__).resolve().parent.parent / "runtime" / "_bootstrap.py"
 LOG_TAIL_BYTES = 4000
 
 
 class ZygoteProcess:
     """One running zygote and its control socket."""
 
-    def __init__(self, python: Path, config: dict[str, Any], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, python: Path, config: RuntimeConfig, env: dict[str, str], log_path: Path) -> None:
         self.python = python
         self.config = config
         self.env = env
@@ -79,27 +81,29 @@ class ZygoteProcess:
         self.sock = parent
         self._ready_fut = loop.create_future()
         self._reader = asyncio.create_task(self._read_loop(), name=f"zygote-{self.proc.pid}-reader")
-        await self._send(wire.encode({"op": "config", **self.config}))
+        await self._send(encode(Op.CONFIG, **self.config.to_frame()))
         try:
             self.ready = await asyncio.wait_for(self._ready_fut, wait)
+            check_version(self.ready)
         except TimeoutError:
             await self.terminate()
             raise SandboxError(f"the zygote did not become ready within {wait:.0f} s") from None
-        except SandboxCrashed as exc:
+        except (SandboxCrashed, ProtocolError) as exc:
             await self.terminate()
             raise SandboxError(f"the zygote failed to start: {exc}\n{self.log_tail()}") from None
         return self.ready
 
     async def _read_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        frames = wire.FrameBuffer()
+        frames = FrameBuffer(CONTROL_TO_HOST)
         assert self.sock is not None
         try:
             while True:
                 data = await loop.sock_recv(self.sock, 65536)
                 if not data:
                     break
-                for msg in frames.feed(data):
+                frames.feed(data)
+                for msg in frames.frames():
                     self._dispatch(msg)
         except (OSError, ValueError) as exc:
             log.warning("zygote control socket failed: %s", exc)
@@ -110,12 +114,11 @@ class ZygoteProcess:
                     SandboxCrashed(f"the zygote exited during startup ({self.log_tail()})")
                 )
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        op = msg.get("op")
-        if op == "ready" and self._ready_fut is not None and not self._ready_fut.done():
+    def _dispatch(self, msg: Frame) -> None:
+        if msg["op"] == Op.READY and self._ready_fut is not None and not self._ready_fut.done():
             self._ready_fut.set_result(msg)
-        elif op == "failed":
-            log.warning("zygote could not start execution %s: %s", msg.get("id"), msg.get("error"))
+        elif msg["op"] == Op.FAILED:
+            log.warning("zygote could not start execution %s: %s", msg["id"], msg["error"])
 
     async def _send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
         if self.sock is None or self._dead:
@@ -152,23 +155,22 @@ class ZygoteProcess:
         """
         host_end, supervisor_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            await self._send(wire.encode({"op": "run", "id": exec_id}), (supervisor_end.fileno(),))
+            await self._send(encode(Op.RUN, id=exec_id), (supervisor_end.fileno(),))
         except BaseException:
             host_end.close()
             raise
         finally:
             supervisor_end.close()
-        return await ExecChannel.open(host_end, exec_id, self)
+        return await ExecChannel.open(host_end, exec_id)
 
-    async def kill(self, exec_id: str) -> None:
-        """Ask the zygote to SIGKILL an execution's supervisor (its child dies with it)."""
-        with contextlib.suppress(SandboxCrashed):
-            await self._send(wire.encode({"op": "kill", "id": exec_id}))
+    async def shutdown(self, wait: float | None = 5.0) -> None:
+        """Ask the zygote to stop taking work and exit once its running executions end, then reap it.
 
-    async def shutdown(self, wait: float = 5.0) -> None:
-        """Ask the zygote to exit (running supervisors finish on their own), then reap it."""
+        Past ``wait`` seconds it is killed (and its executions with it); ``None`` waits for them all (a
+        retired zygote whose sessions go on).
+        """
         with contextlib.suppress(SandboxCrashed):
-            await self._send(wire.encode({"op": "shutdown"}))
+            await self._send(encode(Op.SHUTDOWN))
         await self._wait_exit(wait)
 
     async def terminate(self) -> None:
@@ -178,7 +180,7 @@ class ZygoteProcess:
                 self.proc.kill()
         await self._wait_exit(5.0)
 
-    async def _wait_exit(self, wait: float) -> None:
+    async def _wait_exit(self, wait: float | None) -> None:
         if self.proc is not None:
             try:
                 await asyncio.wait_for(self.proc.wait(), wait)

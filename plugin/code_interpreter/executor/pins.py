@@ -17,10 +17,10 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from ..executor import FileRef
-from .manager import FileManager
+from ..errors import FileNotFound
+from ..files import FileManager
+from .results import FileRef
 
 __all__ = ["PINS_DIR", "STALE_PIN_MARGIN_S", "pin_files", "sweep_stale_pins"]
 
@@ -30,18 +30,11 @@ STALE_PIN_MARGIN_S = 600.0
 
 
 async def pin_files(
-    files: FileManager, user_files: Sequence[str | dict[str, Any]], user_id: int | str, pin_dir: Path
-) -> list[FileRef] | str:
-    """Hard-link each visible file of the user under ``pin_dir``; an error message if one is not found."""
+    files: FileManager, file_ids: Sequence[str], user_id: int | str, pin_dir: Path
+) -> list[FileRef]:
+    """Hard-link each of the user's files under ``pin_dir`` (FileNotFound when one is not theirs)."""
     refs: list[FileRef] = []
-    seen: set[str] = set()
-    for item in user_files:
-        file_id = item.get("file_id") if isinstance(item, dict) else item
-        if not isinstance(file_id, str) or not file_id:
-            return f"user_files entries must be file id strings, got {item!r}"
-        if file_id in seen:
-            continue
-        seen.add(file_id)
+    for file_id in file_ids:
         meta = await files.get_file(file_id, user_id)
         pinned: Path | None = None
         # Two tries: a cleanup may remove the cache copy between materialize and the link.
@@ -56,7 +49,7 @@ async def pin_files(
                 break
         if meta is None or pinned is None:
             # The same words whether the id is unknown, expired or another user's: no existence leak.
-            return (
+            raise FileNotFound(
                 f"File '{file_id}' was not found, has expired, or is not yours. "
                 "Ask the user to upload it again and use the new file id"
             )

@@ -11,7 +11,7 @@ CORE = resource.RLIMIT_CORE
 def rlimits_for(
     *,
     cpu_seconds: int,
-    max_write_mb: int,
+    max_write_bytes: int,
     max_open_files: int,
     max_processes: int,
     address_space_mb: int | None,
@@ -19,7 +19,7 @@ def rlimits_for(
     """The limits of one execution; ``address_space_mb`` is None when a memory cgroup bounds memory."""
     limits = {
         resource.RLIMIT_CPU: max(1, cpu_seconds),
-        resource.RLIMIT_FSIZE: max_write_mb * 2**20,
+        resource.RLIMIT_FSIZE: max_write_bytes,
         resource.RLIMIT_NOFILE: max_open_files,
         resource.RLIMIT_NPROC: max_processes,
         resource.RLIMIT_CORE: 0,

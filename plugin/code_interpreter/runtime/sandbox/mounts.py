@@ -107,8 +107,8 @@ def build_root(
     *,
     uid: int,
     gid: int,
-    work_mb: int,
-    tmp_mb: int,
+    work_bytes: int,
+    tmp_bytes: int,
     hidden: Sequence[str] = (),
     stage: str | None = None,
     hostname: str = "sandbox",
@@ -132,8 +132,8 @@ def build_root(
             done.append(os.path.realpath(path))
     owner = f"uid={uid},gid={gid}"
     work = _mkdirs(root, WORK_DIR)
-    c.mount("tmpfs", work, "tmpfs", _SCRATCH_FLAGS, f"size={work_mb}m,mode=0700,{owner}")
-    c.mount("tmpfs", _mkdirs(root, TMP_DIR), "tmpfs", _SCRATCH_FLAGS, f"size={tmp_mb}m,mode=1777")
+    c.mount("tmpfs", work, "tmpfs", _SCRATCH_FLAGS, f"size={work_bytes},mode=0700,{owner}")
+    c.mount("tmpfs", _mkdirs(root, TMP_DIR), "tmpfs", _SCRATCH_FLAGS, f"size={tmp_bytes},mode=1777")
     _build_dev(root)
     _mkdirs(root, PROC_DIR)
     # After /tmp: a runtime that lives under the host's /tmp (test builds) is bound inside the new tmpfs.

@@ -1,9 +1,9 @@
-"""``preload`` (in the zygote) and ``run_user_code`` (in the sandboxed child)."""
+"""``preload`` (in the zygote), and what every cell needs at its end: threads finished, streams flushed,
+inputs linked into the work dir (in the sandboxed child)."""
 
 from __future__ import annotations
 
 import atexit
-import builtins
 import importlib
 import importlib.util
 import io
@@ -12,15 +12,12 @@ import shutil
 import sys
 import threading
 import time
-import types
 from collections.abc import Sequence
 from typing import Any
 
 from . import _figures
-from ._loaders import make_file_helpers
-from ._tracebacks import USER_FILENAME, compile_user_code, print_user_exception, register_source
 
-__all__ = ["THREAD_GRACE_S", "finish_threads", "link_inputs", "preload", "run_user_code"]
+__all__ = ["THREAD_GRACE_S", "finish_threads", "flush_streams", "link_inputs", "preload"]
 
 #: At the end of a one-shot execution, non-daemon threads get this long to finish before they are stopped.
 THREAD_GRACE_S = 5.0
@@ -89,34 +86,6 @@ def preload(modules: Sequence[str]) -> list[str]:
     _figures.configure_matplotlib()
     _warm()
     return loaded
-
-
-def _fresh_main(files: dict[str, dict[str, Any]], work_dir: str) -> dict[str, Any]:
-    """A new ``__main__`` module with the file helpers, registered so pickle/dataclasses/inspect find it."""
-    main = types.ModuleType("__main__")
-    namespace = main.__dict__
-    namespace["__builtins__"] = builtins
-    namespace.update(make_file_helpers(files))
-    sys.modules["__main__"] = main
-    sys.argv = [USER_FILENAME]
-    # As for `python script.py`: modules the code writes next to itself are importable.
-    if work_dir not in sys.path:
-        sys.path.insert(0, work_dir)
-    return namespace
-
-
-def _exit_status(exc: SystemExit) -> int:
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        # What the OS would report for exit(code): sys.exit(256) is 0, sys.exit(-1) is 255.
-        return code & 0xFF
-    # Like the interpreter: a non-integer exit argument is printed and the status is 1.
-    stream = sys.stderr or sys.__stderr__
-    if stream is not None:
-        stream.write(f"{code}\n")
-    return 1
 
 
 def finish_threads(grace: float = THREAD_GRACE_S) -> None:
@@ -215,53 +184,11 @@ def link_inputs(files: dict[str, dict[str, Any]], work_dir: str) -> list[str]:
     return notes
 
 
-def _flush() -> None:
+def flush_streams() -> None:
+    """Flush every standard stream (output written before a kill still reaches the host)."""
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             if stream is not None:
                 stream.flush()
         except Exception:
             pass
-
-
-def run_user_code(code: str, files: dict[str, dict[str, Any]], work_dir: str, *, links: bool = False) -> int:
-    """Run ``code`` as ``__main__`` with FILES/load_file/get_file_path; return the exit code (0 ok, 1 error).
-
-    Called in the sandboxed child (cwd == work_dir). Errors in the user's code never raise out of here:
-    they are printed to stderr as a traceback of the user's ``<code>`` lines (SyntaxError with its
-    caret); ``sys.exit(n)`` gives exit code ``n & 0xFF``. With ``links``, each input also appears in
-    ``work_dir`` under its ``name``. Afterwards, on success or failure, the code's threads are ended
-    (:func:`finish_threads`), open matplotlib figures are saved as ``figure_N.png`` in ``work_dir``
-    and stdout/stderr are flushed.
-    """
-    # Exit functions of the zygote's own imports are not the code's: only those it registers run at its end.
-    atexit._clear()
-    if links:
-        for note in link_inputs(files, work_dir):
-            (sys.stderr or sys.__stderr__ or io.StringIO()).write(f"Note: {note}\n")
-    namespace = _fresh_main(files, work_dir)
-    _figures.configure_matplotlib()
-    register_source(code)
-    status = 0
-    try:
-        compiled = compile_user_code(code)
-        if compiled is None:
-            status = 1
-        else:
-            try:
-                exec(compiled, namespace)
-            finally:
-                finish_threads()
-    except SystemExit as exc:
-        status = _exit_status(exc)
-    except BaseException as exc:
-        print_user_exception(exc)
-        status = 1
-    # Configure again: the code may have imported matplotlib itself (it is not always preloaded).
-    _figures.configure_matplotlib()
-    try:
-        _figures.save_open_figures(work_dir)
-    except Exception as exc:
-        print_user_exception(exc)
-    _flush()
-    return status

@@ -5,11 +5,11 @@ drops to the sandbox identity (a real uid in ``strict`` mode; every capability i
 mode), re-arms its parent-death signal (the kernel clears it on a credential change) and checks
 that the supervisor is still there, loads seccomp, reports ``ready`` and only then waits for work.
 
-Requests arrive as frames on fd 4: ``cell`` (run code; a one-shot execution is a single cell),
-``save`` (a session's snapshot) and ``exit``. Each answer goes to the status pipe (fd 3): ``done``
-with the exit code, notes and generated files (their bytes follow), or ``snapshot`` and its bytes.
-Everything the child writes after ``ready`` is treated as untrusted by the supervisor: the user's
-code runs in this very process.
+Requests arrive as frames on fd 4 (a socket it can only read): ``cell`` (run code, restoring a
+snapshot first when one follows), ``save`` (a session's snapshot) and ``exit``. Each answer goes to the
+status pipe (fd 3): ``done`` with the exit code, notes and generated files (their bytes follow), or
+``snapshot`` and its bytes. Everything the child writes after ``ready`` is treated as untrusted by the
+supervisor: the user's code runs in this very process.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import resource
 import select
 import signal
 import sys
+import traceback
 from typing import Any
+
+from . import inside, sandbox
+from .protocol import REQUEST_TO_CHILD, Frame, Op, encode, read_exact, read_frame, send, write_all
+from .sandbox import _libc as c
+from .warm import Warm
 
 SETUP_FAILED = 125
 CPU_SLACK_S = 2
@@ -30,43 +36,40 @@ SANDBOX_NICE = 10
 ST_FD, REQ_FD, LIFE_FD = 3, 4, 5
 
 
-def main(ctx: Any, warm: Any, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int) -> None:
+def main(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int) -> None:
     """Set up the sandbox, then serve requests until told to exit; never returns."""
     st = st_w
     try:
-        layers = _setup(ctx, warm, out_w, err_w, st_w, req_r, life_r)
+        layers = _setup(warm, out_w, err_w, st_w, req_r, life_r)
         st = ST_FD
-        ready = ctx.wire.encode({"op": "ready", "layers": layers})
-        ctx.wire.write_all(st, ready)
+        write_all(st, encode(Op.READY, layers=layers))
     except BaseException as exc:
-        _setup_failed(ctx, st, exc)
-    work = ctx.sandbox.mounts.WORK_DIR if ctx.mode != "none" else warm.work
-    session: Any = None
+        _setup_failed(st, exc)
+    work = sandbox.mounts.WORK_DIR if warm.ctx.mode != "none" else warm.work
+    runner: inside.CellRunner | None = None
     while True:
         try:
-            msg = ctx.wire.read_frame(REQ_FD)
+            msg = read_frame(REQ_FD, REQUEST_TO_CHILD)
         except BaseException:
             os._exit(0)  # the supervisor is gone or closed the channel: nothing left to do
-        op = msg.get("op")
-        if op == "cell":
-            if msg.get("kind") == "session" and session is None:
-                session = ctx.inside.Session(work)
-            _cell(ctx, msg, work, session)
-            if session is None:
+        op = msg["op"]
+        if op == Op.CELL:
+            if runner is None:
+                runner = inside.CellRunner(work, keep_state=bool(msg.get("keep_state")))
+            _cell(warm, msg, work, runner)
+            if not runner.keep_state:
                 os._exit(0)
-        elif op == "save" and session is not None:
-            _save(ctx, session, msg)
+        elif op == Op.SAVE and runner is not None:
+            _save(runner, msg["cap"])
         else:
-            if session is not None:
-                session.close()
+            if runner is not None:
+                runner.close()
             os._exit(0)
 
 
-def _setup(ctx: Any, warm: Any, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int) -> dict[str, Any]:
-    cfg = ctx.config
-    sb = ctx.sandbox
-    c = sb._libc
-    mode = ctx.mode
+def _setup(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int) -> dict[str, Any]:
+    cfg = warm.ctx.config
+    mode = warm.ctx.mode
     layers = dict(warm.layers)
     c.prctl(c.PR_SET_PDEATHSIG, signal.SIGKILL)
     # A session and process group of its own: kill(0, ...) from the code must not reach the supervisor
@@ -75,31 +78,31 @@ def _setup(ctx: Any, warm: Any, out_w: int, err_w: int, st_w: int, req_r: int, l
     if warm.cgroup is not None:
         warm.cgroup.join()
     if mode != "none":
-        sb.mounts.enter_root(cfg["root_dir"])
-    work = sb.mounts.WORK_DIR if mode != "none" else warm.work
+        sandbox.mounts.enter_root(cfg.root_dir)
+    work = sandbox.mounts.WORK_DIR if mode != "none" else warm.work
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    # Keep exactly the status, request and lifeline pipes, as fds 3, 4 and 5.
+    # Keep exactly the status, request and lifeline channels, as fds 3, 4 and 5.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (st_w, req_r, life_r)]
     for target, fd in zip((ST_FD, REQ_FD, LIFE_FD), high, strict=True):
         os.dup2(fd, target)
     os.closerange(LIFE_FD + 1, 1 << 20)
     address_space = None
     if not layers.get("cgroup_memory"):
-        address_space = sb.limits.current_vm_mb() + cfg["memory_mb"]
-    sb.limits.apply(
-        sb.limits.rlimits_for(
+        address_space = sandbox.limits.current_vm_mb() + cfg.memory_mb
+    sandbox.limits.apply(
+        sandbox.limits.rlimits_for(
             # The hard CPU limit covers a whole session; each cell lowers the soft limit to its own budget.
-            cpu_seconds=max(int(cfg["max_timeout"]), int(cfg["session_cpu_s"])) + CPU_SLACK_S,
-            max_write_mb=cfg["max_write_mb"],
-            max_open_files=cfg["max_open_files"],
+            cpu_seconds=max(int(cfg.max_timeout), cfg.session_cpu_s) + CPU_SLACK_S,
+            max_write_bytes=cfg.work_bytes,
+            max_open_files=cfg.max_open_files,
             # RLIMIT_NPROC counts every process of the uid system-wide: with a pids cgroup per
             # execution it is only a backstop sized for all slots at once.
-            max_processes=cfg["max_processes"] * (cfg["max_parallel"] + 1)
+            max_processes=cfg.max_processes * (cfg.max_parallel + 1)
             if layers.get("cgroup_pids")
-            else cfg["max_processes"],
+            else cfg.max_processes,
             address_space_mb=address_space,
         )
     )
@@ -108,11 +111,11 @@ def _setup(ctx: Any, warm: Any, out_w: int, err_w: int, st_w: int, req_r: int, l
     os.nice(SANDBOX_NICE)
     os.chdir(work)
     if mode == "strict":
-        sb.identity.drop_privileges(cfg["uid"], cfg["gid"])
+        sandbox.identity.drop_privileges(cfg.uid, cfg.gid)
         layers["uid_drop"] = True
     elif mode == "namespaces":
-        sb.identity.drop_capabilities()
-    sb.identity.set_no_new_privs()
+        sandbox.identity.drop_capabilities()
+    sandbox.identity.set_no_new_privs()
     layers["no_new_privs"] = True
     # A credential change clears the parent-death signal: arm it again, then make sure the supervisor
     # did not die before that (its end of the lifeline pipe would have closed).
@@ -123,8 +126,8 @@ def _setup(ctx: Any, warm: Any, out_w: int, err_w: int, st_w: int, req_r: int, l
         os._exit(SETUP_FAILED)
     os.close(LIFE_FD)
     _environment(mode, work)
-    if mode != "none" and ctx.seccomp_filter is not None:
-        ctx.seccomp_filter.load()
+    if mode != "none" and warm.ctx.seccomp_filter is not None:
+        warm.ctx.seccomp_filter.load()
         layers["seccomp"] = True
     return layers
 
@@ -167,32 +170,21 @@ def _cpu_budget(timeout: float, session: bool) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, hard if session else cpu))
 
 
-def _cell(ctx: Any, msg: dict[str, Any], work: str, session: Any) -> None:
+def _cell(warm: Warm, msg: Frame, work: str, runner: inside.CellRunner) -> None:
     rc = 1
     notes: list[str] = []
     try:
         files = {
-            str(f["file_id"]): {
-                "path": f["path"],
-                "filename": f["filename"],
-                "type": f["type"],
-                "name": f["name"],
-            }
-            for f in msg.get("files", [])
+            str(f["file_id"]): {k: f[k] for k in ("path", "filename", "type", "name")} for f in msg["files"]
         }
         restore = int(msg.get("restore") or 0)
-        if restore and session is not None:
-            notes += session.restore(ctx.wire.read_exact(REQ_FD, restore))
-        _cpu_budget(float(msg["timeout"]), session is not None)
-        if session is None:
-            rc = int(ctx.inside.run_user_code(msg["code"], files, work, links=True))
-        else:
-            rc, cell_notes = session.run_cell(msg["code"], files)
-            notes += cell_notes
-    except BaseException:  # run_user_code reports user errors itself; this is a last resort
+        if restore:
+            notes += runner.restore(read_exact(REQ_FD, restore))
+        _cpu_budget(float(msg["timeout"]), runner.keep_state)
+        rc, cell_notes = runner.run(msg["code"], files)
+        notes += cell_notes
+    except BaseException:  # the runner reports the code's errors itself; this is a last resort
         with contextlib.suppress(BaseException):
-            import traceback
-
             traceback.print_exc()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(BaseException):
@@ -200,42 +192,39 @@ def _cell(ctx: Any, msg: dict[str, Any], work: str, session: Any) -> None:
     try:
         # Stop stray background processes of a one-shot execution, then report. Only as pid 1 of our own
         # PID namespace does kill(-1) mean "every process of this execution"; elsewhere it would hit the host.
-        if session is None and ctx.mode != "none" and os.getpid() == 1:
+        if not runner.keep_state and warm.ctx.mode != "none" and os.getpid() == 1:
             with contextlib.suppress(OSError):
                 os.kill(-1, signal.SIGKILL)
-        generated, collect_notes, blobs = _collect(ctx, work, session)
-        ctx.wire.send(
-            ST_FD, {"op": "done", "rc": rc, "files": generated, "notes": notes + collect_notes}, blobs
-        )
+        generated, collect_notes, blobs = _collect(warm, work, runner)
+        send(ST_FD, Op.DONE, blobs, rc=rc, files=generated, notes=notes + collect_notes)
     except BaseException:
         os._exit(rc or 1)
 
 
-def _save(ctx: Any, session: Any, msg: dict[str, Any]) -> None:
+def _save(runner: inside.CellRunner, cap: int) -> None:
     try:
-        data, notes = session.snapshot(int(msg.get("cap") or 0))
-        ctx.wire.send(ST_FD, {"op": "snapshot", "size": len(data), "notes": notes}, [data])
+        data, notes = runner.snapshot(cap)
+        send(ST_FD, Op.SNAPSHOT, [data], size=len(data), notes=notes)
     except BaseException as exc:
         with contextlib.suppress(BaseException):
             message = f"{type(exc).__name__}: {exc}"[:500]
-            ctx.wire.send(ST_FD, {"op": "snapshot", "size": 0, "notes": [f"not saved: {message}"]})
+            send(ST_FD, Op.SNAPSHOT, size=0, notes=[f"not saved: {message}"])
 
 
-def _collect(ctx: Any, work: str, session: Any) -> tuple[list[dict[str, Any]], list[str], list[bytes]]:
+def _collect(
+    warm: Warm, work: str, runner: inside.CellRunner
+) -> tuple[list[dict[str, Any]], list[str], list[bytes]]:
     """List and read the generated files here, in the sandbox's own view and with its own uid.
 
     Reading here means no race with a stray user process can ever make a privileged reader follow a
     swapped symlink. A session returns only the files that are new or changed since its last cell.
     """
-    cfg = ctx.config
-    found, notes = ctx.inside.collect_generated(
-        work, set(), cfg["max_generated_files"], cfg["max_generated_bytes"]
-    )
-    if session is not None:
-        found = session.changed(found)
+    cfg = warm.ctx.config
+    found, notes = inside.collect_generated(work, set(), cfg.max_generated_files, cfg.max_generated_bytes)
+    found = runner.changed(found)
     files: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    budget = cfg["max_generated_bytes"]
+    budget = cfg.max_generated_bytes
     for item in found:
         try:
             fd = os.open(item["path"], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -245,7 +234,7 @@ def _collect(ctx: Any, work: str, session: Any) -> tuple[list[dict[str, Any]], l
             st = os.fstat(fd)
             if st.st_mode & 0o170000 != 0o100000 or st.st_size > budget:
                 continue
-            data = ctx.wire.read_exact(fd, st.st_size) if st.st_size else b""
+            data = read_exact(fd, st.st_size) if st.st_size else b""
         except (OSError, EOFError):
             continue
         finally:
@@ -257,8 +246,8 @@ def _collect(ctx: Any, work: str, session: Any) -> tuple[list[dict[str, Any]], l
     return files, list(notes), blobs
 
 
-def _setup_failed(ctx: Any, fd: int, exc: BaseException) -> None:  # pragma: no cover - in the child
-    message = f"sandbox setup failed: {type(exc).__name__}: {exc}"
+def _setup_failed(fd: int, exc: BaseException) -> None:  # pragma: no cover - in the child
+    message = f"sandbox setup failed: {type(exc).__name__}: {exc}"[:2000]
     with contextlib.suppress(BaseException):
-        ctx.wire.write_all(fd, ctx.wire.encode({"op": "setup_error", "error": message}))
+        write_all(fd, encode(Op.SETUP_ERROR, error=message))
     os._exit(SETUP_FAILED)

@@ -1,0 +1,132 @@
+"""Turning a supervisor's ``result`` frame into an :class:`ExecutionResult`: the messages a model reads."""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..files.names import safe_filename
+from .results import ExecutionResult, GeneratedFile
+
+__all__ = ["Outcome", "from_report", "relative_name"]
+
+# The last line of a traceback names the exception: "ZeroDivisionError: division by zero".
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the host knew when it turned a report into a result."""
+
+    mode: str
+    timeout: float
+    max_timeout: float
+    max_output_bytes: int
+    memory_limit_mb: int
+    notes: list[str] = field(default_factory=list)
+
+
+def relative_name(name: object) -> str:
+    """A generated file's path relative to the work dir, from the sandboxed process's own report.
+
+    That report is plain data the user's code could forge: every component is made harmless, and
+    nothing absolute or climbing out (``..``) survives.
+    """
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p.strip() not in ("", ".", "..")]
+    return "/".join(safe_filename(p) for p in parts) or "file"
+
+
+def _fmt_seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _exception_name(text: str) -> str | None:
+    for line in reversed(text.strip().splitlines()):
+        if line and not line.startswith((" ", "\t")):
+            match = _EXCEPTION_LINE.match(line)
+            return match.group(1).rsplit(".", 1)[-1] if match else None
+    return None
+
+
+def _error(header: dict[str, Any], outcome: Outcome, stderr: str, rc: int) -> tuple[str | None, str | None]:
+    """(error message, error type) of a report; (None, None) when the code succeeded."""
+    status = header.get("status")
+    hint = f"pass timeout= up to {_fmt_seconds(outcome.max_timeout)}, or process the data in chunks"
+    seconds = _fmt_seconds(outcome.timeout)
+    if status == "timeout":
+        error = f"Execution timeout after {seconds} seconds — {hint}"
+        if header.get("session"):
+            error += (
+                ". The code did not stop at an interrupt, so the session's process was killed: its "
+                "variables are gone and the next call starts a new session"
+            )
+        return error, "SandboxTimeout"
+    if status == "interrupted":
+        return (
+            f"Execution interrupted after {seconds} seconds (KeyboardInterrupt); the session's variables "
+            f"are kept — {hint}",
+            "SandboxTimeout",
+        )
+    if status == "bad_report":
+        return (
+            f"Execution stopped: {header.get('error', 'invalid report')} — the code wrote into the "
+            "sandbox's own status channel (an inherited file descriptor); write only to your own files",
+            "SandboxCrashed",
+        )
+    if status != "ok":
+        return f"Sandbox setup failed: {header.get('error', 'unknown error')}", "SandboxError"
+    if header.get("oom"):
+        return (
+            f"Memory limit exceeded ({outcome.memory_limit_mb} MB): the process was killed — "
+            "process the data in chunks or use smaller dtypes",
+            "MemoryError",
+        )
+    if "signal" in header:
+        sig = int(header["signal"])
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        reason = " (CPU time limit)" if sig == signal.SIGXCPU else ""
+        error = f"Process killed by signal {name}{reason}"
+        return (error + "\n" + stderr.strip() if stderr.strip() else error), "SandboxCrashed"
+    if rc == 0:
+        return None, None
+    error = stderr.strip() or f"Process exited with code {rc}"
+    kind = _exception_name(stderr) if stderr.strip() else "SystemExit"
+    if kind == "MemoryError":
+        # Without a memory cgroup the limit is RLIMIT_AS: the allocation fails inside Python.
+        error = (
+            f"Memory limit exceeded ({outcome.memory_limit_mb} MB) — process the data in chunks or use "
+            f"smaller dtypes\n{error}"
+        )
+    return error, kind or "SystemExit"
+
+
+def from_report(
+    header: dict[str, Any], blobs: list[bytes], outcome: Outcome, elapsed: float
+) -> ExecutionResult:
+    """The :class:`ExecutionResult` of a supervisor's ``result`` frame and the files' bytes."""
+    stdout = str(header.get("stdout", ""))
+    stderr = str(header.get("stderr", ""))
+    rc = header.get("exit_code", -1)
+    rc = rc if isinstance(rc, int) and not isinstance(rc, bool) else -1
+    notes = outcome.notes + [str(n) for n in header.get("notes", [])]
+    truncated = bool(header.get("stdout_dropped") or header.get("stderr_dropped"))
+    if truncated:
+        notes.append(f"output was longer than {outcome.max_output_bytes} bytes; head and tail kept")
+    if header.get("dropped_events"):
+        notes.append(f"{header['dropped_events']} live output event(s) were dropped (the host lagged)")
+    error, error_type = _error(header, outcome, stderr, rc)
+    if error is not None and header.get("status") != "ok":
+        rc = -1
+    generated = tuple(
+        GeneratedFile(
+            filename=relative_name(f["filename"]), data=blob, mime=str(f.get("mime", "")), size=len(blob)
+        )
+        for f, blob in zip(header.get("files", []), blobs, strict=False)
+    )
+    return ExecutionResult(
+        success=error is None, output=stdout, error=error, stderr=stderr, execution_time=elapsed,
+        return_code=rc, truncated=truncated, isolation=outcome.mode, generated=generated, notes=tuple(notes),
+        error_type=error_type,
+    )  # fmt: skip
