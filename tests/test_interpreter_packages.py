@@ -168,3 +168,27 @@ async def test_recreation_while_an_execution_runs(tmp_path: Path, mongo_uri: str
         assert old.path.is_dir()  # kept for a grace time past the longest execution
     finally:
         await close_and_drop(interp)
+
+
+async def test_the_runtime_is_rebuilt_when_due_and_executions_move_to_it(
+    tmp_path: Path, mongo_uri: str
+) -> None:
+    """runtime_rebuild_days is kept: a runtime older than it is rebuilt aside (on the cleanup cadence)."""
+    settings = _small_settings(tmp_path, mongo_uri).replace(runtime_rebuild_days=1e-6, cleanup_interval_s=0.5)
+    interp = await started(settings)
+    try:
+        old = interp.packages.runtime
+        for _ in range(600):  # bounded: a rebuild builds a small venv (seconds)
+            if interp.packages.runtime.path != old.path:
+                break
+            await asyncio.sleep(0.1)
+        new = interp.packages.runtime
+        assert new.path != old.path, "the runtime was never rebuilt"
+        for _ in range(600):  # the executor moves to it once the swap hooks ran
+            if (await interp.status(start_sandbox=False))["executor"].get("runtime") == str(new.path):
+                break
+            await asyncio.sleep(0.1)
+        after = _ok(await interp.execute("import sys\nprint(sys.prefix)", user_id=1))
+        assert after["output"].strip() != str(old.path)  # (it may have been rebuilt again since: 1e-6 days)
+    finally:
+        await close_and_drop(interp)

@@ -74,6 +74,7 @@ class CodeInterpreter:
         self._usage: UsageStore | None = None
         self.token_counter = TokenCounter(settings=self.settings)
         self._executor: Executor | None = None
+        self._upkeep: asyncio.Task[None] | None = None
         self._start_lock = asyncio.Lock()
         self._executor_lock = asyncio.Lock()
         self._started = False
@@ -108,6 +109,11 @@ class CodeInterpreter:
 
     async def close(self) -> None:
         """Save and stop live sessions, stop the executor and the cleanup task, close the database."""
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+            self._upkeep = None
         if self._executor is not None:
             await self.sessions.close_all()
             await self._executor.close()
@@ -166,7 +172,28 @@ class CodeInterpreter:
                 await executor.start()
                 self.packages.on_swap.append(executor.restart)
                 self._executor = executor
+                if (
+                    self.settings.cleanup_interval_s is not None
+                    and self.settings.runtime_rebuild_days is not None
+                ):
+                    self._upkeep = asyncio.create_task(
+                        self._rebuild_when_due(), name="code-interpreter-upkeep"
+                    )
             return self._executor
+
+    async def _rebuild_when_due(self) -> None:
+        """Rebuild the runtime aside and swap it in every ``runtime_rebuild_days`` (checked on the cleanup
+        cadence): fresh wheels, packages nobody used since dropped; running executions finish on the old."""
+        assert self.settings.cleanup_interval_s is not None
+        while True:
+            await asyncio.sleep(self.settings.cleanup_interval_s)
+            try:
+                new = await self.packages.maybe_rebuild(self._progress)
+            except CodeInterpreterError as exc:  # a failed rebuild keeps the current runtime
+                log.warning("rebuilding the sandbox runtime failed (the current one stays): %s", exc)
+            else:
+                if new is not None:
+                    log.info("the sandbox runtime was rebuilt: %s", new.path)
 
     # -- the tool call ---------------------------------------------------------------
     async def execute(

@@ -35,8 +35,6 @@ log = logging.getLogger("code_interpreter.sessions")
 
 MAX_SESSION_ID = 200
 SWEEP_EVERY_S = 30.0
-#: Beyond its save deadline, an ending session gets this long to be gone.
-END_GRACE_S = 10.0
 
 
 class SnapshotStore(Protocol):

@@ -139,7 +139,6 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x93NUMPY", "npy"),
 )
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .xls/.doc container
-SNIFF_BYTES = 512
 
 
 def sniff(head: bytes) -> str | None:

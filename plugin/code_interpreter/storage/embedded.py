@@ -226,12 +226,6 @@ class EmbeddedServer:
             watchdog_pid=watchdog_pid,
         )
 
-    def kill_for_tests(self) -> None:
-        """SIGKILL the recorded server (crash simulation for tests and benchmarks)."""
-        if self._record is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._record.pid, signal.SIGKILL)
-
 
 def _launch(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, int]:
     """Start the watchdog (which starts the server); (server pid, watchdog pid) from its handshake."""

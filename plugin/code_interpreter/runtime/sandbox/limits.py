@@ -5,8 +5,6 @@ from __future__ import annotations
 import resource
 from collections.abc import Mapping
 
-CORE = resource.RLIMIT_CORE
-
 
 def rlimits_for(
     *,
