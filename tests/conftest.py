@@ -25,6 +25,8 @@ from code_interpreter.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["_leaks"]
+
 # Tests never write outside the repo and temp dirs: tiktoken's seeded cache goes to a temp dir.
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", tempfile.mkdtemp(prefix="ci-test-tiktoken-"))
 
