@@ -136,6 +136,10 @@ class Settings:
     """Most live sessions of one user on this host (the user's least recently used one makes room)."""
     max_snapshot_mb: int = 200
     """Largest saved session; over it the largest values are left out (and named in the notes)."""
+    mcp_max_pending_per_session: int = 4
+    """MCP server: most tool calls of one connection running or waiting at once; more get an error result."""
+    mcp_max_pending_per_user: int = 16
+    """MCP server: most tool calls of one user (all their tokens and connections) running or waiting."""
 
     runtime_dir: Path | None = None
     """Sandbox runtime venv; default ``home/runtime``."""
@@ -264,6 +268,8 @@ class Settings:
             "max_sessions",
             "max_sessions_per_user",
             "max_snapshot_mb",
+            "mcp_max_pending_per_session",
+            "mcp_max_pending_per_user",
         )
         for name in positive:
             if getattr(self, name) <= 0:
