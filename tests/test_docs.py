@@ -195,6 +195,89 @@ def test_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> 
     assert proc.stdout.strip().splitlines() == ["success 42", "success call_2"]
 
 
+FIB_30 = "a, b = 0, 1\nfor _ in range(30):\n    a, b = b, a + b\nprint(a)"
+
+
+def _only_output(body: dict[str, Any]) -> str:
+    """The text of the one function_call_output of a Responses request."""
+    [out] = [i for i in body["input"] if i.get("type") == "function_call_output"]
+    output = out["output"]
+    return output if isinstance(output, str) else "".join(p.get("text", "") for p in output)
+
+
+def test_openai_agents_example_runs_against_a_scripted_server(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    from openai_server import ScriptedOpenAI, function_call, response
+
+    def after(needle: str, answer: str) -> Any:
+        def reply(body: dict[str, Any]) -> dict[str, Any]:
+            assert needle in _only_output(body), body["input"]
+            return response(answer)
+
+        return reply
+
+    args = {"timeout": None, "install_packages": None}
+    script = [
+        response(None, [function_call("execute_python_code", {"code": FIB_30, **args})]),
+        after("832040", "The 30th Fibonacci number is 832040."),
+        response(None, [function_call("execute_python_code", {"code": "print(b)", **args})]),  # from run 1
+        after("1346269", "The 31st is 1346269."),
+    ]
+    with ScriptedOpenAI(script) as server:
+        env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+        env["OPENAI_AGENTS_DISABLE_TRACING"] = "1"  # the SDK would export traces to the network
+        proc = _run_block(section_block("## Register with the OpenAI Agents SDK"), env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert server.paths == ["/v1/responses"] * 4
+        assert server.requests[0]["tools"][0]["name"] == "execute_python_code"
+    assert proc.stdout.strip().splitlines() == [
+        "The 30th Fibonacci number is 832040.",
+        "The 31st is 1346269.",
+    ]
+
+
+def test_smolagents_example_runs_against_a_scripted_server(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    from openai_server import ScriptedOpenAI, completion
+
+    count = "primes = [n for n in range(2, 1000) if all(n % d for d in range(2, int(n**0.5) + 1))]"
+
+    def finish(body: dict[str, Any]) -> dict[str, Any]:
+        shown = json.dumps(body["messages"][-1])
+        assert "168" in shown, shown
+        return completion("Thought: that is the count.\n<code>\nfinal_answer(len(primes))\n</code>")
+
+    script = [completion(f"Thought: count them.\n<code>\n{count}\nprint(len(primes))\n</code>"), finish]
+    with ScriptedOpenAI(script) as server:
+        env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+        proc = _run_block(section_block("## Run smolagents' CodeAgent in the sandbox"), env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert server.paths == ["/v1/chat/completions"] * 2
+    assert proc.stdout.strip().splitlines()[-1] == "168"
+
+
+def test_pydantic_ai_example_runs_against_a_scripted_server(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    from openai_server import ScriptedOpenAI, function_call, response
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        assert "1267650600228229401496703205376" in _only_output(body), body["input"]
+        return response("2**100 is 1267650600228229401496703205376.")
+
+    code = {"code": "print(2**100)", "timeout": None, "install_packages": None}
+    script = [response(None, [function_call("execute_python_code", code)]), answer]
+    with ScriptedOpenAI(script) as server:
+        env = {**example_env, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+        proc = _run_block(section_block("## Register with pydantic-ai"), env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert server.paths == ["/v1/responses"] * 2
+        assert server.requests[0]["tools"][0]["name"] == "execute_python_code"
+    assert proc.stdout.strip().splitlines() == ["2**100 is 1267650600228229401496703205376."]
+
+
 def test_the_seed_example_runs_through_the_module_functions(
     example_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -2,7 +2,8 @@
 
 import code_interpreter as ci
 async with ci.CodeInterpreter() as interp:
-    result = await interp.execute("print(1 + 1)", user_id=42)
+    result = await interp.execute("print(1 + 1)", user_id=42)          # the seed's dict
+    typed = await interp.run(ci.ExecutionRequest.build(interp.settings, "print(2)", user_id=42))
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .errors import (
     BudgetExceeded,
     CodeInterpreterError,
     ConfigurationError,
+    ExecutionFailed,
     FileNotFound,
     FileTooLarge,
     IsolationUnavailable,
@@ -38,9 +40,11 @@ from .errors import (
     StorageUnavailable,
     ToolArgumentError,
 )
+from .executor import ExecutionEvent, ExecutionResult
 from .files import FileManager
 from .interpreter import CodeInterpreter
 from .packages import PackageManager
+from .request import ExecutionRequest
 from .settings import Settings
 from .tools import ToolContext, ToolDispatcher, ToolResult, tool_definitions
 
@@ -52,6 +56,10 @@ __all__ = [
     "CodeInterpreter",
     "CodeInterpreterError",
     "ConfigurationError",
+    "ExecutionEvent",
+    "ExecutionFailed",
+    "ExecutionRequest",
+    "ExecutionResult",
     "FileManager",
     "FileNotFound",
     "FileTooLarge",

@@ -171,6 +171,12 @@ class Settings:
     runtime_rebuild_days: float | None = RUNTIME_REBUILD_DAYS
     """Rebuild the runtime aside and swap it in after this many days; None never."""
 
+    # -- integrations ---------------------------------------------------------
+    mcp_max_pending_per_session: int = 4
+    """MCP server: most tool calls of one connection running or waiting at once; more get an error result."""
+    mcp_max_pending_per_user: int = 16
+    """MCP server: most tool calls of one user (all their tokens and connections) running or waiting."""
+
     # -- costs and tokens -----------------------------------------------------
     daily_budget_usd: float | None = None
     """Per-user daily budget (model requests and sandbox cost), checked before each; None: no budget."""
@@ -290,7 +296,7 @@ _POSITIVE = (
     "max_code_bytes", "memory_limit_mb", "max_processes", "max_open_files", "max_parallel", "work_dir_bytes",
     "max_files_per_user", "max_bytes_per_user", "pip_timeout", "session_idle_s", "max_sessions",
     "max_sessions_per_user", "max_snapshot_bytes", "session_save_timeout_s", "max_generated_files",
-    "max_generated_bytes",
+    "max_generated_bytes", "mcp_max_pending_per_session", "mcp_max_pending_per_user",
 )  # fmt: skip
 
 #: The settings by stage, in the order of the README's table (a test checks every field is in one group).
@@ -306,6 +312,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                  "session_save_timeout_s"),
     "runtime and packages": ("runtime_dir", "runtime_python", "runtime_packages", "preload_modules",
                              "approved_packages", "pip_constraints", "pip_timeout", "runtime_rebuild_days"),
+    "integrations": ("mcp_max_pending_per_session", "mcp_max_pending_per_user"),
     "costs and tokens": ("daily_budget_usd", "image_hosts", "prices_file"),
 }  # fmt: skip
 

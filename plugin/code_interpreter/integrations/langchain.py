@@ -20,9 +20,6 @@ own loop thread would block the very loop it waits for: it raises and says to us
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import weakref
 from collections.abc import Coroutine
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,9 +28,9 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import Field
 
-from ..errors import ConfigurationError
 from ..tools import EXECUTE_TOOL, ToolContext, ToolDispatcher, ToolResult, load_schema
 from ..tools.schema import describe_state
+from ._loop import acall, call, close_private, home, running_loop
 
 if TYPE_CHECKING:
     from ..interpreter import CodeInterpreter
@@ -42,68 +39,6 @@ __all__ = ["CodeInterpreterTool", "close_tools", "make_tools"]
 
 # The id of the ToolCall being run: BaseTool hands it to run()/arun() but not to _run()/_arun().
 _CALL_ID: ContextVar[str | None] = ContextVar("code_interpreter_tool_call_id", default=None)
-
-
-class _PrivateLoop:
-    """An event loop in a daemon thread, for an interpreter whose only callers are synchronous."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.loop.call_soon(ready.set)
-        self.thread = threading.Thread(
-            target=self.loop.run_forever, name="code-interpreter-tools", daemon=True
-        )
-        self.thread.start()
-        ready.wait()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
-_lock = threading.Lock()
-# Per interpreter: the loop chosen for it before start() has recorded one, and the tools' own loop.
-_claims: weakref.WeakKeyDictionary[CodeInterpreter, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
-_private: weakref.WeakKeyDictionary[CodeInterpreter, _PrivateLoop] = weakref.WeakKeyDictionary()
-
-
-def _home(interp: CodeInterpreter, claim: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
-    """The loop ``interp`` lives on; one not started yet is given ``claim`` (or a private loop)."""
-    with _lock:
-        loop = interp.loop
-        if loop is None:
-            loop = _claims.get(interp)
-            if loop is None or loop.is_closed():
-                if claim is None:
-                    own = _private.get(interp)
-                    if own is None or own.loop.is_closed():
-                        own = _private[interp] = _PrivateLoop()
-                    claim = own.loop
-                loop = _claims[interp] = claim
-    if loop.is_closed():
-        raise ConfigurationError(
-            "the CodeInterpreter was started on an event loop that has been closed since; await "
-            "interp.close() before that loop ends, or create a new CodeInterpreter for these tools"
-        )
-    return loop
-
-
-def _running() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _not_running(loop: asyncio.AbstractEventLoop) -> ConfigurationError:
-    return ConfigurationError(
-        f"the CodeInterpreter's event loop ({loop!r}) is not running, so {EXECUTE_TOOL} cannot run on it; "
-        "call the tool while that loop runs (e.g. from a thread beside it), or start the interpreter "
-        "on a loop that keeps running"
-    )
 
 
 def _image_blocks(images: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
@@ -169,28 +104,24 @@ class CodeInterpreterTool(BaseTool):
 
     async def _arun(self, **kwargs: Any) -> tuple[Any, ToolResult]:
         call_id = _CALL_ID.get()
-        running = asyncio.get_running_loop()
-        home = _home(self.interp, running)
-        if home is running:
-            result = await self._dispatch(kwargs, call_id)
-        elif home.is_running():
-            future = asyncio.run_coroutine_threadsafe(self._dispatch(kwargs, call_id), home)
-            result = await asyncio.wrap_future(future)
-        else:
-            raise _not_running(home)
+        result = await acall(
+            self.interp, lambda: self._dispatch(kwargs, call_id), claim_caller=True, what=EXECUTE_TOOL
+        )
         return self._output(result, call_id)
 
     def _run(self, **kwargs: Any) -> tuple[Any, ToolResult]:
         call_id = _CALL_ID.get()
-        home = _home(self.interp, None)
-        if home is _running():
+        if home(self.interp, None) is running_loop():
             raise ToolException(
                 f"{EXECUTE_TOOL} was invoked synchronously on the event loop the interpreter runs on, "
                 "which would block the loop it waits for; use `await tool.ainvoke(...)` there"
             )
-        if not home.is_running():
-            raise _not_running(home)
-        result = asyncio.run_coroutine_threadsafe(self._dispatch(kwargs, call_id), home).result()
+        result = call(
+            self.interp,
+            lambda: self._dispatch(kwargs, call_id),
+            what=EXECUTE_TOOL,
+            hint="use `await tool.ainvoke(...)` there",
+        )
         return self._output(result, call_id)
 
     def _output(self, result: ToolResult, call_id: str | None) -> tuple[Any, ToolResult]:
@@ -230,14 +161,5 @@ def close_tools(tools: list[BaseTool]) -> None:
     """Close the interpreter the tools started on their private loop, and stop that loop (safe always)."""
     for t in tools:
         interp = getattr(t, "interp", None)
-        if interp is None:
-            continue
-        with _lock:
-            own = _private.pop(interp, None)
-            if own is not None and _claims.get(interp) is own.loop:
-                del _claims[interp]
-        if own is None or own.loop.is_closed():
-            continue
-        if interp.loop is own.loop:
-            asyncio.run_coroutine_threadsafe(interp.close(), own.loop).result(60)
-        own.stop()
+        if interp is not None:
+            close_private(interp)

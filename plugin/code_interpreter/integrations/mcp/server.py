@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import mimetypes
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from ...errors import CodeInterpreterError
 from ...tools import EXECUTE_TOOL, ToolContext, ToolDispatcher, ToolResult, load_schema
 from ...tools.render import IMAGE_MIMES, MAX_IMAGE_BYTES
 from ...tools.schema import describe_state
+from .limits import PendingCalls
+from .mounts import choose_mounts
 from .progress import ProgressRelay
 
 if TYPE_CHECKING:
@@ -177,6 +180,8 @@ class _Handlers:
         self.dispatcher = ToolDispatcher(interp)
         self.schema = load_schema(EXECUTE_TOOL)
         self._running: set[asyncio.Future[ToolResult]] = set()
+        settings = interp.settings
+        self.pending = PendingCalls(settings.mcp_max_pending_per_session, settings.mcp_max_pending_per_user)
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
         return dict(self.schema["parameters"]) if name == EXECUTE_TOOL else None
@@ -207,16 +212,18 @@ class _Handlers:
         if params.name != EXECUTE_TOOL:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r}: this server has {EXECUTE_TOOL}")
         caller = self.identify(ctx)
-        # Images go out as MCP image content (below); the host decides what its model sees.
-        context = ToolContext(user_id=caller.user_id, session_id=caller.session_id, attach_images=False)
+        refusal = self.pending.acquire(caller.user_id, caller.session_id)
+        if refusal is not None:  # bounded: a client sending faster than its cells run is told to wait
+            return types.CallToolResult(content=[types.TextContent(text=refusal)], is_error=True)
         arguments: Any = params.arguments if params.arguments is not None else {}
         call = {"id": str(ctx.request_id or ""), "name": params.name, "arguments": arguments}
         answered = asyncio.Event()
         # A cancelled request (the client's cancel, or its timeout) lets its cell run to its end: stopping the
         # wait mid-cell would leave the cell's output for the session's next call to read.
-        task = asyncio.ensure_future(self._dispatch(ctx, call, context, answered))
+        task = asyncio.ensure_future(self._dispatch(ctx, call, caller, answered))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
+        task.add_done_callback(lambda _: self.pending.release(caller.user_id, caller.session_id))
         try:
             result = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -225,7 +232,40 @@ class _Handlers:
             raise
         return types.CallToolResult(content=_content(result, ctx.protocol_version), is_error=result.is_error)
 
+    async def _context(self, caller: Caller, arguments: Any) -> tuple[ToolContext, str | None]:
+        """The call's trusted context: its user, session and the files it mounts (see :mod:`.mounts`)."""
+        await self.interp.start()
+        code = arguments.get("code") if isinstance(arguments, dict) else None
+        mounts = await choose_mounts(await self.interp.files.list_user_files(caller.user_id), code)
+        # Images go out as MCP image content (below); the host decides what its model sees.
+        context = ToolContext(
+            user_id=caller.user_id,
+            session_id=caller.session_id,
+            allowed_file_ids=mounts.file_ids,
+            attach_images=False,
+        )
+        return context, mounts.note
+
     async def _dispatch(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        call: dict[str, Any],
+        caller: Caller,
+        answered: asyncio.Event,
+    ) -> ToolResult:
+        try:
+            context, note = await self._context(caller, call["arguments"])
+        except CodeInterpreterError as exc:  # the store is down: the call cannot know its files
+            text = f"Error: your files could not be listed ({exc}); call {EXECUTE_TOOL} again shortly."
+            return ToolResult(
+                str(call["id"]), EXECUTE_TOOL, text, {"success": False, "error": text}, is_error=True
+            )
+        result = await self._run(ctx, call, context, answered)
+        if note:
+            result = dataclasses.replace(result, content=f"{result.content}\nNote: {note}.")
+        return result
+
+    async def _run(
         self,
         ctx: ServerRequestContext[Any, Any],
         call: dict[str, Any],

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ...errors import CodeInterpreterError
 from .auth import StaticTokenVerifier, TokenTable
+from .limits import BoundedBodies, max_body_bytes
 from .server import Caller, Identify, build_server
 
 if TYPE_CHECKING:
@@ -267,17 +268,18 @@ def http_app(
     if tokens is None and not user_id:
         raise ValueError("pass tokens, or the user_id every request runs as")
     server = build_server(interp, http_identity(None if tokens is not None else user_id))
+    limit = max_body_bytes(interp.settings.max_code_bytes)
     if tokens is None:
         app = server.streamable_http_app(streamable_http_path=path, host=host)
         one_user = str(user_id)
-        return _EndSessions(app, interp, lambda headers: one_user)
+        return BoundedBodies(_EndSessions(app, interp, lambda headers: one_user), limit)
     app = server.streamable_http_app(
         streamable_http_path=path,
         host=host,
         auth=AuthSettings(issuer_url=AnyHttpUrl(issuer_url), resource_server_url=None),
         token_verifier=StaticTokenVerifier(tokens),
     )
-    return _EndSessions(app, interp, _bearer_user(tokens))
+    return BoundedBodies(_EndSessions(app, interp, _bearer_user(tokens)), limit)
 
 
 class _Uvicorn(uvicorn.Server):
