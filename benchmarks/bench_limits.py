@@ -46,7 +46,7 @@ RUNAWAYS = {
     ),
     "memory bomb": ("x = []\nwhile True:\n    x.append(b'x' * (32 * 2**20))", f"memory ({MEMORY_MB} MB)"),
     "output flood": ("while True:\n    print('y' * 1000)", "timeout (output capped)"),
-    "disk filler": ("f = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 2**20)", "work_dir_bytes (32 MB)"),
+    "disk filler": ("f = open('big.bin', 'wb')\nwhile True:\n    f.write(b'x' * 2**20)", "work dir (32 MB)"),
     "3 TCP connections": (CONNECT, "no network (refused at once)"),
 }
 

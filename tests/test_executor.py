@@ -182,7 +182,7 @@ async def test_zygote_killed_mid_execution_then_recovery(executor: Executor) -> 
     before = executor.status()["zygote_pid"]
     marker = running.new_marker()
     slow = asyncio.create_task(run(executor, running.latched(marker, "print('finished')"), timeout=10))
-    pid = await running.wait_for(marker)  # the child runs the user's code now, and waits for us
+    await running.wait_for(marker)  # the child runs the user's code now, and waits for us
     [(supervisor, child)] = executor.processes()
     await executor.kill_zygote()
     # Issue #22: nothing outlives what ends it. The supervisor dies with its zygote (parent-death signal),

@@ -35,7 +35,8 @@ DRIVER = r"""
 import json, os, runpy, signal, sys, traceback
 runtime_dir = sys.argv[1]
 heavy = ("numpy", "pandas", "matplotlib", "PIL")
-rt = runpy.run_path(os.path.join(os.path.dirname(runtime_dir), "_bootstrap.py"))["load_inside_package"](runtime_dir)
+boot = runpy.run_path(os.path.join(os.path.dirname(runtime_dir), "_bootstrap.py"))
+rt = boot["load_inside_package"](runtime_dir)
 info = {
     "name": rt.__name__,
     "heavy_after_load": [m for m in heavy if m in sys.modules],

@@ -31,6 +31,7 @@ from mcp_types.version import is_version_at_least
 
 from ... import __version__
 from ...errors import CodeInterpreterError
+from ...executor import ExecutionResult
 from ...tools import EXECUTE_TOOL, ToolContext, ToolDispatcher, ToolResult, load_schema
 from ...tools.render import IMAGE_MIMES, MAX_IMAGE_BYTES
 from ...tools.schema import describe_state
@@ -257,9 +258,10 @@ class _Handlers:
             context, note = await self._context(caller, call["arguments"])
         except CodeInterpreterError as exc:  # the store is down: the call cannot know its files
             text = f"Error: your files could not be listed ({exc}); call {EXECUTE_TOOL} again shortly."
-            return ToolResult(
-                str(call["id"]), EXECUTE_TOOL, text, {"success": False, "error": text}, is_error=True
+            failed = ExecutionResult.failed(
+                text, isolation=self.interp.isolation[0], error_type=type(exc).__name__
             )
+            return ToolResult(str(call["id"]), EXECUTE_TOOL, text, failed, is_error=True)
         result = await self._run(ctx, call, context, answered)
         if note:
             result = dataclasses.replace(result, content=f"{result.content}\nNote: {note}.")
