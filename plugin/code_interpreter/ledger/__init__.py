@@ -22,7 +22,6 @@ from ._money import format_usd
 from ._prices import ComputeCost, ComputePrices, default_compute_prices
 from ._record import ExecutionUsage, price_execution
 from ._report import render_report
-from ._summary import GroupBy, merge_daily, merge_rows
 
 __all__ = [
     "COLLECTION",
@@ -34,13 +33,10 @@ __all__ = [
     "ExecutionLedger",
     "ExecutionLink",
     "ExecutionUsage",
-    "GroupBy",
     "current_link",
     "default_compute_prices",
     "format_usd",
     "linked",
-    "merge_daily",
-    "merge_rows",
     "price_execution",
     "render_report",
 ]

@@ -30,12 +30,10 @@ from ..ledger import (
     ExecutionUsage,
     default_compute_prices,
     format_usd,
-    merge_daily,
-    merge_rows,
     render_report,
 )
-from ..ledger import GroupBy as CostGroupBy
-from ..ledger._summary import GROUP_FIELDS, daily_pipeline
+from ..ledger._summary import GROUP_FIELDS, daily_pipeline, merge_daily, merge_rows
+from ..ledger._summary import GroupBy as CostGroupBy
 from ..settings import FILE_TTL_HOURS, Settings
 from ..storage.retry import context_for, with_retries
 from ._estimate import TokenEstimate
