@@ -160,11 +160,11 @@ class Settings:
     """Most executions one user may run at once; 0 means half of max_parallel (at least 1)."""
 
     daily_budget_usd: float | None = None
-    """Per-user daily budget enforced by the agent loop; None disables the guard."""
+    """Per-user USD per UTC day, tokens and sandbox, checked before each request and tool call; None: off."""
     image_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
     """Hosts whose image headers may be read to size images for token estimates."""
     prices_file: Path | None = None
-    """Operator's price table overriding data/prices.json."""
+    """Operator's price file over data/prices.json (its compute section: over compute_prices.json)."""
 
     def __post_init__(self) -> None:
         self._validate()
