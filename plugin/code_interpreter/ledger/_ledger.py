@@ -9,7 +9,8 @@ the budget guard sees it at once.
 
 A failed write keeps the batch for the next attempt (bounded by ``max_pending``; past it the
 oldest records are dropped and logged). Records carry their own ``_id``, so a batch written again
-after a lost reply is not stored twice.
+after a lost reply is not stored twice. Both writes are journaled: a written batch survives a crash
+of the server (one fsync per batch, off the call path).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, PyMongoError
 
@@ -80,6 +81,8 @@ class ExecutionLedger:
             raise ValueError("need flush_every >= 1, flush_interval_s > 0 and max_pending >= flush_every")
         self.records = db[COLLECTION]
         self.totals = db[totals]
+        self._records_ack = self.records.with_options(write_concern=_journaled(self.records.write_concern))
+        self._totals_ack = self.totals.with_options(write_concern=_journaled(self.totals.write_concern))
         self.prices = prices or default_compute_prices()
         self.storage_hours = storage_hours
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -248,7 +251,7 @@ class ExecutionLedger:
 
         async def insert() -> None:
             try:
-                await self.records.insert_many(docs, ordered=False)
+                await self._records_ack.insert_many(docs, ordered=False)
             except BulkWriteError as exc:
                 for err in exc.details.get("writeErrors", []):
                     if err.get("code") != _DUPLICATE_KEY:  # a duplicate: written by an earlier attempt
@@ -287,14 +290,14 @@ class ExecutionLedger:
             todo = ops
             for _ in range(2):  # two hosts creating the same day's document: the loser updates it
                 try:
-                    await self.totals.bulk_write(todo, ordered=False)
+                    await self._totals_ack.bulk_write(todo, ordered=False)
                     return
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
                     if any(e.get("code") != _DUPLICATE_KEY for e in errors):
                         raise
                     todo = [todo[e["index"]] for e in errors]
-            await self.totals.bulk_write(todo, ordered=False)
+            await self._totals_ack.bulk_write(todo, ordered=False)
 
         await self._retrying(bump, "update the per-user daily totals with sandbox cost")
 
@@ -317,3 +320,11 @@ class ExecutionLedger:
             n,
             self.max_pending,
         )
+
+
+def _journaled(wc: WriteConcern) -> WriteConcern:
+    """``wc`` with ``j=True`` (as the file store's acknowledgements), unless writes are unacknowledged."""
+    doc = dict(wc.document)
+    if doc.get("w") == 0:
+        return wc
+    return WriteConcern(w=doc.get("w"), wtimeout=doc.get("wtimeout"), j=True, fsync=doc.get("fsync"))
