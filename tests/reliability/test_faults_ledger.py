@@ -55,3 +55,23 @@ async def test_records_wait_for_the_database_and_are_written_once(own_server: Ow
     finally:
         await store.close()
         await client.close()
+
+
+async def test_closing_with_the_database_down_says_what_was_not_written(
+    own_server: OwnServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        own_server.uri, tz_aware=True, serverSelectionTimeoutMS=300
+    )
+    register_context(client, RetryContext(QUICK, None, "own-server"))
+    store = UsageStore(client["ledger"], compute_prices=PRICES, flush_every=2, flush_interval_s=0.05)
+    try:
+        own_server.kill9()
+        for _ in range(3):
+            await store.record_execution(ExecutionUsage(7, 1.0, 10.0, 1.0))
+        started = time.perf_counter()
+        await within(30, store.close())  # one bounded attempt, then an error in the log: never a hang
+        assert time.perf_counter() - started < 10
+        assert "3 execution usage record(s) could not be written before close" in caplog.text
+    finally:
+        await client.close()

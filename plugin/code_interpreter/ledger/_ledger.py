@@ -94,7 +94,7 @@ class ExecutionLedger:
         self._retry = context_for(db)
         self._pending: list[ExecutionUsage] = []
         self._pending_cost: defaultdict[tuple[Any, str], float] = defaultdict(float)
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[CodeInterpreterError | None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
@@ -200,25 +200,34 @@ class ExecutionLedger:
         self._wake.set()
         try:
             task, self._task = self._task, None
+            failure: CodeInterpreterError | None = None
             if task is not None:
                 try:
-                    await task
+                    failure = await task  # its last flush, now (None when it wrote everything)
                 except Exception:  # a bug in the task must not stop the interpreter from closing
                     log.exception("the usage ledger's flush task failed")
-            try:
-                await self.flush()
-            except CodeInterpreterError as exc:
+            if failure is None:  # one attempt, not two, when the database is down
+                try:
+                    await self.flush()
+                except CodeInterpreterError as exc:
+                    failure = exc
+            if failure is not None:
                 log.error(
-                    "%d execution usage record(s) could not be written before close: %s", self.pending, exc
+                    "%d execution usage record(s) could not be written before close: %s",
+                    self.pending,
+                    failure,
                 )
         finally:
             self._closing = False
             self._wake.clear()
 
-    async def _drain(self) -> None:
-        """Flush when the buffer fills or the interval passes; end when the buffer is empty."""
+    async def _drain(self) -> CodeInterpreterError | None:
+        """Flush when the buffer fills or the interval passes; end when the buffer is empty.
+
+        Returns the failure that ended it while closing, else None.
+        """
         while self._pending:
-            if not self._wake.is_set():
+            if not self._wake.is_set() and not self._closing:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
                 except TimeoutError:
@@ -227,14 +236,15 @@ class ExecutionLedger:
             try:
                 await self.flush()
             except CodeInterpreterError as exc:
-                log.warning("%d execution usage record(s) not written yet, retrying: %s", self.pending, exc)
                 if self._closing:
-                    return
+                    return exc
+                log.warning("%d execution usage record(s) not written yet, retrying: %s", self.pending, exc)
             except Exception:  # a bug: keep the records for close() rather than loop on it
                 log.exception(
                     "the usage ledger's flush task failed; %d record(s) wait for close()", self.pending
                 )
-                return
+                return None
+        return None
 
     async def _write(self, batch: list[ExecutionUsage]) -> int:
         try:
