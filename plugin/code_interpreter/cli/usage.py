@@ -23,7 +23,7 @@ __all__ = ["GROUPS", "cmd_usage", "parse_since", "usage_table"]
 
 GROUPS = ("user", "day", "model", "session")
 _KEY = {"model": "model", "day": "day", "user": "user_id", "session": "session_id"}
-_NONE = {"model": "(no model)", "session": "(one-shot)", "day": "-", "user": "-"}
+_NONE = {"model": "(no model)", "session": "(no session)", "day": "-", "user": "-"}
 COLUMNS = (
     "requests",
     "input",
