@@ -58,6 +58,7 @@ async def test_records_are_buffered_then_written_in_one_batch(mongo_db: AsyncDat
             return await mongo_db[COLLECTION].count_documents({}) == 5
 
         await until(five)
+        assert await store.flush() == 0  # waits for the batch in flight (its totals): nothing was left
         assert store.executions.pending == 0
         totals = await mongo_db["token_usage_totals"].find_one({"user_id": 1})
         assert totals is not None and totals["executions"] == 5
