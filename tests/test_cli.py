@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from _process_env import process_env
+from code_interpreter.ledger import format_usd
 from openai_server import ScriptedOpenAI, completion, tool_call
 
 
@@ -311,52 +313,87 @@ async def test_usage_table_from_records_the_agent_loop_writes(
     from pymongo import AsyncMongoClient
 
     from code_interpreter import tokens
+    from code_interpreter.ledger import ComputePrices, ExecutionUsage
     from code_interpreter.tokens import UsageStore
 
     now = [datetime(2026, 11, 25, 10, 0, tzinfo=UTC)]
     client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    cpu_second = ComputePrices(cpu_hour_usd=3.6, memory_gb_hour_usd=0.0, storage_gb_month_usd=0.0)
     try:
-        store = UsageStore(client[db_name], clock=lambda: now[0])
+        store = UsageStore(client[db_name], clock=lambda: now[0], compute_prices=cpu_second)
         counter = tokens.TokenCounter(image_hosts=(), prices_file=None)
         for model, user, actual_delta in [("gpt-4o", 7, 0), ("gpt-4o", 7, 3), ("gpt-4o-mini", 8, -1)]:
             est = await counter.estimate(model, [{"role": "user", "content": "Sum 1..10"}])
-            rid = await store.record_usage(user_id=user, model=model, estimate=est)
+            rid = await store.record_usage(user_id=user, model=model, estimate=est, session_id=f"chat-{user}")
             usage = {"prompt_tokens": est.input_tokens + actual_delta, "completion_tokens": 20}
             await store.record_usage(user_id=user, model=model, usage=usage, request_id=rid)
+            # The request's tool call ran for 2 CPU-seconds ($0.002) and stored 1.5 MB.
+            links = {"request_id": rid, "session_id": f"chat-{user}"}
+            run = ExecutionUsage(user_id=user, cpu_seconds=2.0, peak_memory_mb=64.0, wall_seconds=2.5,
+                                 stored_bytes=1_500_000, **links)  # fmt: skip
+            await store.record_execution(run)
             now[0] += timedelta(days=1)
+        await store.close()
         n = est.input_tokens  # the same prompt: the same estimate on both encodings here
     finally:
         await client.close()
 
     rows = json.loads(run_cli("usage", "--json", env=cli_env, cwd=tmp_path).stdout)
-    assert [(r["model"], r["requests"], r["measured"], r["input_abs_error"]) for r in rows] == [
-        ("gpt-4o", 2, 2, 3),
-        ("gpt-4o-mini", 1, 1, 1),
+    assert [
+        (r["model"], r["requests"], r["measured"], r["input_abs_error"], r["executions"]) for r in rows
+    ] == [
+        ("gpt-4o", 2, 2, 3, 2),
+        ("gpt-4o-mini", 1, 1, 1, 1),
     ]
     assert rows[1]["estimated_input_tokens"] == n and rows[1]["actual_input_tokens"] == n - 1
+    assert rows[0]["sandbox_cost_usd"] == pytest.approx(0.004)
+    assert rows[0]["cost_usd"] == pytest.approx(rows[0]["token_cost_usd"] + 0.004)
 
     table = run_cli("usage", env=cli_env, cwd=tmp_path)
     assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
-    assert lines[0].split() == ["model", "requests", "measured", "est.", "input", "actual", "input", "error",
-                                "mean", "|err|", "output", "cost", "USD"]  # fmt: skip
-    gpt4o = lines[1].split()
-    assert gpt4o[:3] == ["gpt-4o", "2", "2"] and gpt4o[5] == f"{-3 / (2 * n + 3) * 100:+.1f}%"
-    assert gpt4o[6] == "1.5"  # mean |error| per measured request, in tokens
-    assert lines[3].split()[0] == "total" and lines[3].split()[1] == "3"
+    lines = [re.split(r"\s{2,}", line.strip()) for line in table.stdout.splitlines()]
+    assert lines[0] == ["model", "requests", "input", "output", "est. error", "tokens $", "executions",
+                        "CPU s", "peak MB", "stored", "sandbox $", "total $"]  # fmt: skip
+    gpt4o = dict(zip(lines[0], lines[1], strict=True))
+    assert (gpt4o["model"], gpt4o["requests"], gpt4o["executions"]) == ("gpt-4o", "2", "2")
+    assert gpt4o["est. error"] == f"{-3 / (2 * n + 3) * 100:+.1f}%"
+    assert (gpt4o["CPU s"], gpt4o["peak MB"], gpt4o["stored"], gpt4o["sandbox $"]) == (
+        "4.00",
+        "64",
+        "3.0 MB",
+        "$0.004",
+    )
+    assert gpt4o["total $"] == format_usd(rows[0]["cost_usd"])
+    assert lines[3][0] == "total" and lines[3][1] == "3" and lines[3][-2] == "$0.006"
 
     by_day = json.loads(
         run_cli("usage", "--by", "day", "--since", "2026-11-26", "--json", env=cli_env, cwd=tmp_path).stdout
     )
-    assert [(r["day"], r["requests"]) for r in by_day] == [("2026-11-26", 1), ("2026-11-27", 1)]
+    assert [(r["day"], r["requests"], r["executions"]) for r in by_day] == [
+        ("2026-11-26", 1, 1),
+        ("2026-11-27", 1, 1),
+    ]
     mine = json.loads(
         run_cli("usage", "--by", "user", "--user-id", "7", "--json", env=cli_env, cwd=tmp_path).stdout
     )
-    assert [(r["user_id"], r["requests"]) for r in mine] == [
-        (7, 2)
+    assert [(r["user_id"], r["requests"], r["executions"]) for r in mine] == [
+        (7, 2, 2)
     ]  # "7" on the command line, 7 in the records
+    sessions = run_cli("usage", "--by", "session", env=cli_env, cwd=tmp_path).stdout.splitlines()
+    assert [ln.split()[:2] for ln in sessions[1:3]] == [["chat-7", "2"], ["chat-8", "1"]]
     bad = run_cli("usage", "--since", "last week", env=cli_env, cwd=tmp_path)
     _one_line_error(bad, 2, "--since 'last week' is not a date", "YYYY-MM-DD")
+
+    report = tmp_path / "usage.html"
+    wrote = run_cli("usage", "--html", str(report), env=cli_env, cwd=tmp_path)
+    assert wrote.returncode == 0 and wrote.stdout.strip() == f"Wrote the usage report to {report}"
+    html = report.read_text()
+    for chart in ("cost-by-user", "cost-by-kind", "estimate-error"):
+        assert f'id="{chart}"' in html
+    unwritable = run_cli(
+        "usage", "--html", str(tmp_path / "no" / "such" / "dir.html"), env=cli_env, cwd=tmp_path
+    )
+    _one_line_error(unwritable, 2, "cannot write the report to")
 
 
 # -- sessions and live output in the CLI ------------------------------------------------------------

@@ -187,6 +187,18 @@ def test_responses_example_runs_against_a_scripted_server(
     assert proc.stdout.strip().splitlines() == ["A parabola, rising ever faster.", "['y.png'] 1020"]
 
 
+def test_the_dashboard_example_prints_what_its_comments_say(
+    example_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's interp.usage example: each print's trailing comment is the line it prints."""
+    block = section_block("## Cost dashboards: `interp.usage`")
+    promised = [m.group(1) for m in re.finditer(r"\)  # (.+)$", block, flags=re.M)]
+    assert len(promised) == 3
+    proc = _run_block(block, example_env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == promised
+
+
 def test_langchain_example_runs(example_env: dict[str, str], tmp_path: Path) -> None:
     block = python_block("make_tools(interp")
     assert "make_tools" in block

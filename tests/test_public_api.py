@@ -103,6 +103,24 @@ TOKENS_NAMES = [
     "patch_count",
 ]
 
+LEDGER_NAMES = [
+    "COLLECTION",
+    "FLUSH_EVERY",
+    "FLUSH_INTERVAL_S",
+    "MAX_PENDING",
+    "ComputeCost",
+    "ComputePrices",
+    "ExecutionLedger",
+    "ExecutionLink",
+    "ExecutionUsage",
+    "current_link",
+    "default_compute_prices",
+    "format_usd",
+    "linked",
+    "price_execution",
+    "render_report",
+]
+
 # Every key of the seed's get_interpreter_status().
 SEED_STATUS_KEYS = {
     "venv_exists",
@@ -133,6 +151,14 @@ def test_tokens_exported_members() -> None:
     assert tokens.__all__ == TOKENS_NAMES
     for name in tokens.__all__:
         assert getattr(tokens, name) is not None, name
+
+
+def test_ledger_exported_members() -> None:
+    from code_interpreter import ledger
+
+    assert ledger.__all__ == LEDGER_NAMES
+    for name in ledger.__all__:
+        assert getattr(ledger, name) is not None, name
 
 
 def test_the_entry_points_outside_the_root_stay_where_users_find_them() -> None:

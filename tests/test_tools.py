@@ -11,7 +11,9 @@ import jsonschema
 import pytest
 from openai.types.chat import ChatCompletionMessageToolCall
 
+from code_interpreter.executor import ExecutionEvent
 from code_interpreter.interpreter import CodeInterpreter
+from code_interpreter.ledger import ExecutionLink, ExecutionUsage, current_link
 from code_interpreter.settings import Settings
 from code_interpreter.tools import ToolContext, ToolDispatcher, ToolResult, images_message, tool_definitions
 from code_interpreter.tools.schema import load_schema, nullable_optionals, validate_arguments
@@ -302,3 +304,54 @@ async def test_dispatch_all_mixes_refusals_and_runs(interp: CodeInterpreter) -> 
     assert [r.tool_call_id for r in results] == ["a", "b", "c"]
     assert [r.is_error for r in results] == [True, False, True]
     assert all(r.content for r in results)
+
+
+# -- the cost ledger: budgets and links ---------------------------------------------------------
+async def test_code_is_refused_before_running_once_the_budget_is_spent(
+    make_settings: Callable[..., Settings], sandbox_runtime: Any
+) -> None:
+    settings = make_settings(runtime_dir=sandbox_runtime.root, daily_budget_usd=0.001)
+    async with CodeInterpreter(settings) as interp:
+        # What the run path records for an earlier execution of user 15: $0.0014 of CPU.
+        spent = await interp.usage.record_execution(
+            ExecutionUsage(user_id=15, cpu_seconds=100.0, peak_memory_mb=0.0, wall_seconds=0.0)
+        )
+        assert spent.cost_usd == pytest.approx(0.0014)
+        code = "open('ran.txt', 'w').write('ran')\nprint('ran')"
+        dispatcher = ToolDispatcher(interp)
+        r = await dispatcher.dispatch(call({"code": code}), ToolContext(user_id=15))
+        assert r.is_error and r.result["error_type"] == "BudgetExceeded"
+        assert "$0.0014 today ($0.00 tokens, $0.0014 sandbox) of the $0.001 daily budget" in r.content
+        assert "no code runs" in r.content
+        assert await interp.files.list_user_files(15) == []  # it did not run: nothing was stored
+        other = await dispatcher.dispatch(call({"code": code}), ToolContext(user_id=16))
+        assert not other.is_error and "ran" in other.content
+
+
+async def test_each_execution_knows_its_tool_call_and_request(parallel_interp: CodeInterpreter) -> None:
+    """Concurrent calls of one model request: each execution's record names its own call.
+
+    Until the run path records measured usage (issue #24, being built), the record is made from
+    the execution's own ``done`` event — emitted inside ``interp.execute``, where the run path will
+    call ``record_execution`` — with made-up measures.
+    """
+    seen: list[ExecutionLink] = []
+
+    async def on_event(event: ExecutionEvent) -> None:
+        if event.kind == "done":
+            seen.append(current_link())
+            await parallel_interp.usage.record_execution(
+                ExecutionUsage(user_id=18, cpu_seconds=0.5, peak_memory_mb=50.0, wall_seconds=0.6)
+            )
+
+    calls = [call({"code": f"print({i})"}, call_id=f"call_{i}") for i in range(2)]
+    ctx = ToolContext(user_id=18, request_id="req-42")
+    results = await ToolDispatcher(parallel_interp).dispatch_all(calls, ctx, on_event=on_event)
+    assert [r.is_error for r in results] == [False, False]
+    assert sorted(seen, key=lambda link: link.tool_call_id or "") == [
+        ExecutionLink("call_0", "req-42"),
+        ExecutionLink("call_1", "req-42"),
+    ]
+    records = await parallel_interp.usage.execution_records(request_id="req-42")
+    assert sorted(r.tool_call_id or "" for r in records) == ["call_0", "call_1"]
+    assert current_link() == ExecutionLink()  # nothing leaks out of the dispatcher

@@ -94,7 +94,7 @@ class CodeInterpreter:
             self._files = FileManager(db, self.settings)
             await self._files.ensure_indexes()
             self.sessions.store = self._files.snapshots
-            self._usage = UsageStore(db, daily_budget_usd=self.settings.daily_budget_usd)
+            self._usage = UsageStore.from_settings(db, self.settings)
             await self._usage.ensure_indexes()
             await asyncio.to_thread(
                 sweep_stale_pins,
@@ -120,6 +120,8 @@ class CodeInterpreter:
             self._executor = None
         if self._files is not None:
             await self._files.stop_cleanup_task()
+        if self._usage is not None:  # after the sessions (their last cells are recorded), before the database
+            await self._usage.close()
         await self._storage.close()
         self._started = False
         self._loop = None
@@ -149,7 +151,7 @@ class CodeInterpreter:
 
     @property
     def usage(self) -> UsageStore:
-        """Token usage records and budgets; available after :meth:`start`."""
+        """Token and sandbox usage records, summaries and budgets; available after :meth:`start`."""
         if self._usage is None:
             raise StorageUnavailable(
                 "CodeInterpreter is not started: use `async with CodeInterpreter()` or await start()"

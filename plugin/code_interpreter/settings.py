@@ -179,11 +179,11 @@ class Settings:
 
     # -- costs and tokens -----------------------------------------------------
     daily_budget_usd: float | None = None
-    """Per-user daily budget (model requests and sandbox cost), checked before each; None: no budget."""
+    """Per-user USD per UTC day, tokens and sandbox, checked before each request and tool call; None: off."""
     image_hosts: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
     """Hosts whose image headers may be read to size images for token estimates."""
     prices_file: Path | None = None
-    """Operator's price table overriding data/prices.json."""
+    """Operator's price file over data/prices.json (its compute section: over compute_prices.json)."""
 
     def __post_init__(self) -> None:
         self._validate()

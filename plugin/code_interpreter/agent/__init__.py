@@ -1,10 +1,11 @@
 """A multi-round tool loop over ``openai.AsyncOpenAI`` (any ``base_url``): Chat Completions or Responses.
 
-Each round: estimate the request's tokens and cost, apply the user's budget, record the estimate,
-send the request (retrying rate limits, 5xx and connection errors with backoff), record the API's
-actual ``usage`` beside the estimate, then dispatch every tool call concurrently and append the
-results. The loop ends when the model answers without tool calls, the round limit is reached, or the
-budget would be passed. :mod:`.wire` holds what differs between the two APIs.
+Each round: estimate the request's tokens and cost, apply the user's budget (tokens and sandbox
+spent today), record the estimate, send the request (retrying rate limits, 5xx and connection errors
+with backoff), record the API's actual ``usage`` beside the estimate, then dispatch every tool call
+concurrently, with the request's id in the context so each execution's usage record names it, and
+append the results. The loop ends when the model answers without tool calls, the round limit is
+reached, or the budget would be passed. :mod:`.wire` holds what differs between the two APIs.
 
 Retries: tenacity owns them here (:mod:`.retry`). The openai client also retries (2 times by
 default); create it with ``max_retries=0`` to let :class:`AgentRetry` be the only policy.
@@ -17,6 +18,7 @@ before a request, no request is sent and :func:`run_agent` returns with
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import uuid
 from collections.abc import Mapping, Sequence
@@ -136,7 +138,12 @@ async def run_agent(
         request_id = uuid.uuid4().hex
         await _maybe_await(
             interp.usage.record_usage(
-                user_id=context.user_id, model=model, estimate=estimate, usage=None, request_id=request_id
+                user_id=context.user_id,
+                model=model,
+                estimate=estimate,
+                usage=None,
+                request_id=request_id,
+                session_id=context.session_id,
             )
         )
         kwargs = {**(request_options or {}), **wire.request(history, tools, tool_choice, max_output_tokens)}
@@ -150,6 +157,7 @@ async def run_agent(
                     estimate=estimate,
                     usage=turn.usage,
                     request_id=request_id,
+                    session_id=context.session_id,
                 )
             )
         records.append(
@@ -161,7 +169,9 @@ async def run_agent(
             stop_reason = "completed"
             break
         # Every tool call gets its answer, even on the last round, so the history stays valid for the API.
-        round_results = await dispatcher.dispatch_all(turn.calls, context, on_event=on_event)
+        # The request id rides with the calls, so each execution's usage record names this request.
+        linked_context = dataclasses.replace(context, request_id=request_id)
+        round_results = await dispatcher.dispatch_all(turn.calls, linked_context, on_event=on_event)
         results.extend(round_results)
         history.extend(wire.answers(round_results))
 

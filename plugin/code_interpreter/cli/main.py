@@ -166,12 +166,17 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the full estimate as JSON")
 
     u = sub.add_parser(
-        "usage", help="token usage and cost of the agent's model requests, estimates vs actual"
+        "usage", help="tokens and sandbox cost per user, day, model or session; --html writes a report"
     )
-    u.add_argument("--by", choices=GROUPS, default="model", help="group by model, UTC day or user (model)")
-    u.add_argument("--since", metavar="DATE", help="only requests from this date (YYYY-MM-DD) or time on")
+    u.add_argument(
+        "--by", choices=GROUPS, default="model", help="group by user, UTC day, model or session (model)"
+    )
+    u.add_argument("--since", metavar="DATE", help="only records from this date (YYYY-MM-DD) or time on")
     u.add_argument("--json", action="store_true", help="print the rows as JSON")
-    u.add_argument("--user-id", default=argparse.SUPPRESS, metavar="USER", help="only this user's requests")
+    u.add_argument(
+        "--html", type=Path, metavar="FILE", help="write a self-contained HTML report with charts to FILE"
+    )
+    u.add_argument("--user-id", default=argparse.SUPPRESS, metavar="USER", help="only this user's records")
 
     model = os.environ.get("OPENAI_MODEL", DEFAULT_MODEL)
     c = sub.add_parser("chat", help="chat with a model that runs code (needs OPENAI_API_KEY)")

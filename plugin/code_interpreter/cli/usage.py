@@ -1,33 +1,59 @@
-"""``code-interpreter usage``: token usage and cost per model, day or user, estimates against actuals.
+"""``code-interpreter usage``: tokens and sandbox cost side by side per user, day, model or session.
 
-The records are those the agent loop writes (:class:`~code_interpreter.tokens.UsageStore`): one
-per model request, with the estimate made before it and the usage the API reported after.
+The records are those the agent loop and the run path write (:class:`~code_interpreter.tokens.UsageStore`):
+one per model request, with the estimate made before it and the usage the API reported after, and
+one per execution, with what it used and cost. ``--html FILE`` writes the report with charts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from ..ledger import format_usd
 from ..settings import Settings
 from .commands import interpreter
 from .util import StderrProgress, UsageProblem
 
-__all__ = ["cmd_usage", "parse_since", "usage_table"]
+__all__ = ["GROUPS", "cmd_usage", "parse_since", "usage_table"]
 
-GROUPS = ("model", "day", "user")
-_KEY = {"model": "model", "day": "day", "user": "user_id"}
+GROUPS = ("user", "day", "model", "session")
+_KEY = {"model": "model", "day": "day", "user": "user_id", "session": "session_id"}
+_NONE = {"model": "(no model)", "session": "(no session)", "day": "-", "user": "-"}
 COLUMNS = (
     "requests",
-    "measured",
-    "est. input",
-    "actual input",
-    "error",
-    "mean |err|",
+    "input",
     "output",
-    "cost USD",
+    "est. error",
+    "tokens $",
+    "executions",
+    "CPU s",
+    "peak MB",
+    "stored",
+    "sandbox $",
+    "total $",
+)
+_SUMMED = (
+    "requests",
+    "measured",
+    "input_tokens",
+    "output_tokens",
+    "estimated_input_tokens",
+    "actual_input_tokens",
+    "token_cost_usd",
+    "executions",
+    "cpu_seconds",
+    "stored_bytes",
+    "sandbox_cost_usd",
+    "cost_usd",
+)
+NOTE = (
+    "est. error: the estimated input tokens against the API's actual ones, over the requests that have "
+    "both; executions: one-shot calls and session cells; peak MB: the largest"
 )
 
 
@@ -42,54 +68,48 @@ def parse_since(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} TB"  # pragma: no cover - the loop returns at GB
+
+
 def _row(group: str, r: dict[str, Any]) -> list[str]:
-    est, actual, measured = r["estimated_input_tokens"], r["actual_input_tokens"], r["measured"]
-    error = f"{(est - actual) / actual * 100:+.1f}%" if actual else "-"
-    mean_abs = f"{r['input_abs_error'] / measured:.1f}" if measured else "-"
-    cost = f"{r['cost_usd']:.6f}"
+    est, actual = r["estimated_input_tokens"], r["actual_input_tokens"]
+    key = r[_KEY[group]]
     return [
-        str(r[_KEY[group]]),
+        _NONE[group] if key is None else str(key),
         f"{r['requests']:,}",
-        f"{measured:,}",
-        f"{est:,}" if measured else "-",
-        f"{actual:,}" if measured else "-",
-        error,
-        mean_abs,
+        f"{r['input_tokens']:,}",
         f"{r['output_tokens']:,}",
-        cost,
+        f"{(est - actual) / actual * 100:+.1f}%" if r["measured"] and actual else "-",
+        format_usd(r["token_cost_usd"]),
+        f"{r['executions']:,}",
+        f"{r['cpu_seconds']:,.2f}",
+        f"{r['peak_memory_mb']:,.0f}" if r["executions"] else "-",
+        _bytes(r["stored_bytes"]) if r["executions"] else "-",
+        format_usd(r["sandbox_cost_usd"]),
+        format_usd(r["cost_usd"]),
     ]
 
 
 def usage_table(group: str, rows: list[dict[str, Any]]) -> str:
-    """The summary rows as an aligned text table with a total line."""
+    """The ``cost_summary`` rows as an aligned text table with a total line."""
     if not rows:
         return "No usage recorded."
     body = [_row(group, r) for r in rows]
     if len(rows) > 1:
-        total = {
-            _KEY[group]: "total",
-            **{
-                k: sum(r[k] for r in rows)
-                for k in (
-                    "requests",
-                    "measured",
-                    "estimated_input_tokens",
-                    "actual_input_tokens",
-                    "input_abs_error",
-                    "output_tokens",
-                    "cost_usd",
-                )
-            },
-        }
+        total: dict[str, Any] = {k: sum(r[k] for r in rows) for k in _SUMMED}
+        total[_KEY[group]] = "total"
+        total["peak_memory_mb"] = max(r["peak_memory_mb"] for r in rows)
         body.append(_row(group, total))
     header = [group, *COLUMNS]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     lines = [_line(header, widths)]
     lines.extend(_line(b, widths) for b in body)
-    lines.append(
-        "measured: requests with both an estimate and the API's usage; error: their estimated input "
-        "tokens against the actual ones; mean |err|: per measured request, in tokens"
-    )
+    lines.append(NOTE)
     return "\n".join(lines)
 
 
@@ -101,14 +121,27 @@ def _line(cells: list[str], widths: list[int]) -> str:
 
 
 async def cmd_usage(args: argparse.Namespace, settings: Settings, progress: StderrProgress) -> int:
-    """Print the usage records as a table (or JSON) grouped by model, UTC day or user."""
+    """Print tokens and sandbox cost per user, UTC day, model or session (or JSON), or write the report."""
     since = parse_since(args.since) if args.since else None
     user = getattr(args, "user_id", None)
     # Hosts record Discord-style ids as ints; the command line reads text: match both spellings.
     who: Any = {"$in": [user, int(user)]} if user is not None and user.isdigit() else user
+    html: Path | None = args.html
     async with interpreter(settings, progress) as interp:
-        rows = await interp.usage.usage_summary(user_id=who, since=since, group_by=args.by)
-    if args.json:
+        if html is not None:
+            scope = f"{'all users' if user is None else f'user {user}'}, " + (
+                "all days" if since is None else f"since {since:%Y-%m-%d %H:%M} UTC"
+            )
+            report = await interp.usage.html_report(user_id=who, since=since, scope=scope)
+        else:
+            rows = await interp.usage.cost_summary(user_id=who, since=since, group_by=args.by)
+    if html is not None:
+        try:
+            await asyncio.to_thread(html.write_text, report, encoding="utf-8")
+        except OSError as exc:
+            raise UsageProblem(f"cannot write the report to {html}: {exc.strerror or exc}") from None
+        print(f"Wrote the usage report to {html}")
+    elif args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(usage_table(args.by, rows))

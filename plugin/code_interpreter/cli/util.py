@@ -11,6 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..ledger import format_usd
+
 __all__ = [
     "StderrProgress",
     "UsageProblem",
@@ -137,11 +139,11 @@ def estimate_line(estimate: Any) -> str:
     lo, hi = d.get("cost_min_usd", d.get("min_cost_usd")), d.get("cost_max_usd", d.get("max_cost_usd"))
     if isinstance(lo, int | float) and isinstance(hi, int | float):
         if lo == hi:
-            parts.append(f"input cost ${lo:.6f} (the reply's output tokens come on top)")
+            parts.append(f"input cost {format_usd(lo)} (the reply's output tokens come on top)")
         else:
-            parts.append(f"cost ${lo:.6f} - ${hi:.6f}")
+            parts.append(f"cost {format_usd(lo)} - {format_usd(hi)}")
     elif isinstance(d.get("cost_usd"), int | float):
-        parts.append(f"cost ${d['cost_usd']:.6f}")
+        parts.append(f"cost {format_usd(d['cost_usd'])}")
     line = ", ".join(parts)
     bounded = [i for i in d.get("images") or () if isinstance(i, dict) and i.get("source") == "upper-bound"]
     if bounded:

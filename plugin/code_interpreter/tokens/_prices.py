@@ -1,8 +1,9 @@
 """Prices per 1M tokens (input, cached input, output) from a data file with its source and date.
 
 The packaged table is ``data/prices.json``; an operator's file (``Settings.prices_file`` /
-``CODE_INTERPRETER_PRICES_FILE``, same shape) replaces entries per model. A model with no entry
-has no price: callers get None and a warning, never an invented figure.
+``CODE_INTERPRETER_PRICES_FILE``, same shape) replaces entries per model; it may also carry the
+sandbox's prices in a ``compute`` section (:mod:`code_interpreter.ledger`), or only those. A model
+with no entry has no price: callers get None and a warning, never an invented figure.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class PriceTable:
                 raise ConfigurationError(
                     f"price file {path}: {exc}; fix it or unset CODE_INTERPRETER_PRICES_FILE"
                 ) from exc
+            if isinstance(data, dict) and "models" not in data and "compute" in data:
+                return cls(models, source, as_of)  # a file of compute prices only (code_interpreter.ledger)
             models.update(_entries(data, str(path)))
             source = f"{data.get('source', path)} (operator file {path}) over {source}"
             as_of = str(data.get("as_of", as_of))

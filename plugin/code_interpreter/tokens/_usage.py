@@ -1,15 +1,20 @@
-"""Usage records for cost dashboards: one document per request, per-user daily totals, a budget.
+"""Usage records for cost dashboards: one document per request and per execution, daily totals, a budget.
 
 ``token_usage``: one document per request (``_id`` = the request id) with the estimate, the
 actual ``usage`` once known, the effective tokens and cost, and a BSON UTC ``timestamp``.
-``token_usage_totals``: one document per (user, UTC day), kept with ``$inc`` — so the budget check
-reads one small document instead of aggregating the day's requests, and an all-time per-user total
-is a cheap aggregation over at most one document per day. When the actual usage replaces an
-estimate, only the difference is added, so totals never count a request twice.
+``sandbox_usage``: one document per execution (:class:`~code_interpreter.ledger.ExecutionUsage`),
+linked to its user, session, tool call and request, written in batches by
+:class:`~code_interpreter.ledger.ExecutionLedger`.
+``token_usage_totals``: one document per (user, UTC day), kept with ``$inc`` — token cost in
+``cost_usd``, sandbox cost in ``sandbox_cost_usd`` — so the budget check reads one small document
+instead of aggregating the day's records, and an all-time per-user total is a cheap aggregation over
+at most one document per day. When the actual usage replaces an estimate, only the difference is
+added, so totals never count a request twice.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -18,15 +23,28 @@ from typing import Any, Literal
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from ..errors import BudgetExceeded
+from ..errors import BudgetExceeded, CodeInterpreterError
+from ..ledger import (
+    ComputePrices,
+    ExecutionLedger,
+    ExecutionUsage,
+    default_compute_prices,
+    format_usd,
+    render_report,
+)
+from ..ledger._summary import GROUP_FIELDS, daily_pipeline, merge_daily, merge_rows
+from ..ledger._summary import GroupBy as CostGroupBy
+from ..settings import FILE_TTL_HOURS, Settings
 from ..storage.retry import context_for, with_retries
 from ._estimate import TokenEstimate
 from ._prices import PriceTable, default_prices
 
 __all__ = ["UsageStore"]
 
-GroupBy = Literal["model", "day", "user"]
-_GROUP_FIELDS = {"model": "model", "day": "day", "user": "user_id"}
+log = logging.getLogger(__name__)
+
+GroupBy = Literal["model", "day", "user", "session"]
+_GROUP_FIELDS = GROUP_FIELDS
 # A request whose estimate and actual usage are both recorded (an aggregation expression).
 _MEASURED: dict[str, Any] = {
     "$and": [{"$eq": ["$usage_known", True]}, {"$gt": [{"$ifNull": ["$estimate.input_tokens", None]}, None]}]
@@ -55,7 +73,7 @@ def _usage_dict(usage: Any) -> dict[str, int]:
 
 
 class UsageStore:
-    """Per-request token usage in MongoDB, summaries by model/day/user, and a daily budget guard."""
+    """Token usage per request and sandbox usage per execution in MongoDB: summaries, a report, a budget."""
 
     def __init__(
         self,
@@ -64,7 +82,22 @@ class UsageStore:
         clock: Callable[[], datetime] | None = None,
         daily_budget_usd: float | None = None,
         prices: PriceTable | None = None,
+        compute_prices: ComputePrices | None = None,
+        storage_hours: float | None = FILE_TTL_HOURS,
+        **ledger_options: Any,
     ) -> None:
+        """Keep the records in ``db``.
+
+        Args:
+            db: the database.
+            clock: returns the current time (injected by tests).
+            daily_budget_usd: per-user budget per UTC day, tokens and sandbox together; None: none.
+            prices: token prices (default: the packaged table under the operator's prices file).
+            compute_prices: sandbox prices (default: the packaged ones under the operator's file).
+            storage_hours: how long stored bytes are kept, for the storage price; None: forever.
+            ledger_options: ``flush_every``, ``flush_interval_s``, ``max_pending`` of the
+                :class:`~code_interpreter.ledger.ExecutionLedger`.
+        """
         self.db = db
         self.records = db["token_usage"]
         self.totals = db["token_usage_totals"]
@@ -73,7 +106,33 @@ class UsageStore:
             raise ValueError("daily_budget_usd must be >= 0 (or None for no budget)")
         self.daily_budget_usd = daily_budget_usd
         self.prices = prices or default_prices()
+        self.executions = ExecutionLedger(
+            db,
+            totals=self.totals.name,
+            prices=compute_prices or default_compute_prices(),
+            storage_hours=storage_hours,
+            clock=self.clock,
+            **ledger_options,
+        )
+        """Sandbox usage records (``sandbox_usage``), written in batches."""
         self._retry = context_for(db)
+
+    @classmethod
+    def from_settings(cls, db: AsyncDatabase[Any], settings: Settings, **options: Any) -> UsageStore:
+        """A store with the budget, prices file and file lifetime of ``settings``."""
+        return cls(
+            db,
+            daily_budget_usd=settings.daily_budget_usd,
+            prices=default_prices(settings.prices_file),
+            compute_prices=default_compute_prices(settings.prices_file),
+            storage_hours=None if settings.file_ttl_seconds is None else settings.file_ttl_seconds / 3600.0,
+            **options,
+        )
+
+    @property
+    def compute_prices(self) -> ComputePrices:
+        """The sandbox's prices in use."""
+        return self.executions.prices
 
     async def _retrying(self, op: Callable[[], Any], what: str) -> Any:
         return await with_retries(
@@ -89,15 +148,17 @@ class UsageStore:
         return now if now.tzinfo else now.replace(tzinfo=UTC)
 
     async def ensure_indexes(self) -> None:
-        """Indexes for queries by user and time, by time, and by model and time."""
+        """Indexes for queries by user and time, by time, by model or session and time (both kinds)."""
 
         async def op() -> None:
             await self.records.create_index([("user_id", ASCENDING), ("timestamp", DESCENDING)])
             await self.records.create_index([("timestamp", DESCENDING)])
             await self.records.create_index([("model", ASCENDING), ("timestamp", DESCENDING)])
+            await self.records.create_index([("session_id", ASCENDING), ("timestamp", DESCENDING)])
             await self.totals.create_index([("user_id", ASCENDING), ("day", ASCENDING)], unique=True)
 
         await self._retrying(op, "create token usage indexes")
+        await self.executions.ensure_indexes()
 
     async def record_usage(
         self,
@@ -107,17 +168,21 @@ class UsageStore:
         estimate: TokenEstimate | None = None,
         usage: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        session_id: str | None = None,
     ) -> str:
         """Store (or update, by ``request_id``) one request's estimate and/or actual usage; return its id.
 
         The effective cost is the actual usage's when known, else the estimate's maximum (conservative
-        for the budget); the per-user daily totals change by the difference.
+        for the budget); the per-user daily totals change by the difference. ``session_id`` names the
+        conversation, so a dashboard can sum it with its executions.
         """
         if estimate is None and usage is None:
             raise ValueError("record_usage needs an estimate, a usage, or both")
         rid = request_id or uuid.uuid4().hex
         now = self._now()
         fields: dict[str, Any] = {"user_id": user_id, "model": model, "updated_at": now}
+        if session_id is not None:
+            fields["session_id"] = session_id
         if estimate is not None:
             fields["estimate"] = estimate.to_dict()
         if usage is not None:
@@ -170,7 +235,7 @@ class UsageStore:
     async def usage_summary(
         self, user_id: Any = None, since: datetime | None = None, group_by: GroupBy = "model"
     ) -> list[dict[str, Any]]:
-        """Requests, tokens and cost per model, UTC day or user (a MongoDB aggregation), sorted.
+        """Requests, tokens and cost per model, UTC day, user or session (a MongoDB aggregation), sorted.
 
         Beside the effective ``input_tokens``/``output_tokens``/``cost_usd``, each row says how good the
         estimates were: over the ``measured`` requests (those with both an estimate and the API's
@@ -179,13 +244,8 @@ class UsageStore:
         """
         if group_by not in _GROUP_FIELDS:
             raise ValueError(f"group_by must be one of {', '.join(_GROUP_FIELDS)}, got {group_by!r}")
-        match: dict[str, Any] = {}
-        if user_id is not None:
-            match["user_id"] = user_id
-        if since is not None:
-            match["timestamp"] = {"$gte": since if since.tzinfo else since.replace(tzinfo=UTC)}
         pipeline: list[dict[str, Any]] = [
-            {"$match": match},
+            {"$match": _match(user_id, since)},
             {
                 "$group": {
                     "_id": f"${_GROUP_FIELDS[group_by]}",
@@ -223,28 +283,162 @@ class UsageStore:
             out.append({_GROUP_FIELDS[group_by]: key, **r})
         return out
 
-    async def spent_today(self, user_id: Any) -> float:
-        """USD recorded for ``user_id`` in the current UTC day."""
+    async def spending_today(self, user_id: Any) -> dict[str, float]:
+        """USD recorded for ``user_id`` in the current UTC day: ``{"tokens", "sandbox", "total"}``.
+
+        The sandbox part includes executions recorded and not written yet.
+        """
         day = self._now().strftime("%Y-%m-%d")
 
         async def op() -> Any:
             return await self.totals.find_one({"user_id": user_id, "day": day})
 
-        doc = await self._retrying(op, f"read today's spend of user {user_id!r}")
-        return float(doc.get("cost_usd", 0.0)) if doc else 0.0
+        doc = await self._retrying(op, f"read today's spend of user {user_id!r}") or {}
+        tokens = float(doc.get("cost_usd", 0.0))
+        sandbox = float(doc.get("sandbox_cost_usd", 0.0)) + self.executions.pending_cost(user_id, day)
+        return {"tokens": tokens, "sandbox": sandbox, "total": tokens + sandbox}
 
-    async def check_budget(self, user_id: Any, estimate: TokenEstimate) -> None:
-        """Raise BudgetExceeded when today's spend plus the estimate's maximum cost passes the daily budget.
+    async def spent_today(self, user_id: Any) -> float:
+        """USD recorded for ``user_id`` in the current UTC day, tokens and sandbox together."""
+        return (await self.spending_today(user_id))["total"]
 
-        An estimate without a price (unknown model) cannot be checked and passes.
+    async def check_budget(self, user_id: Any, estimate: TokenEstimate | None = None) -> None:
+        """Raise BudgetExceeded when ``user_id``'s spend today (tokens and sandbox) leaves no room.
+
+        With an ``estimate`` (before a model request): when the spend plus the estimate's maximum
+        cost passes the daily budget (an estimate without a price, an unknown model, is checked only
+        against what is spent). Without one (before running code): when the budget is spent.
         """
-        if self.daily_budget_usd is None or estimate.cost_max_usd is None:
+        if self.daily_budget_usd is None:
             return
-        spent = await self.spent_today(user_id)
-        if spent + estimate.cost_max_usd > self.daily_budget_usd:
+        budget = self.daily_budget_usd
+        spent = await self.spending_today(user_id)
+        worst = estimate.cost_max_usd if estimate is not None else None
+        # Before code (or a request whose cost cannot be priced): refuse once the budget is spent.
+        over = spent["total"] >= budget if worst is None else spent["total"] + worst > budget
+        if not over:
+            return
+        so_far = (
+            f"user {user_id!r} has spent {format_usd(spent['total'])} today "
+            f"({format_usd(spent['tokens'])} tokens, {format_usd(spent['sandbox'])} sandbox) "
+            f"of the {format_usd(budget)} daily budget"
+        )
+        if estimate is None:
             raise BudgetExceeded(
-                f"user {user_id!r} has spent ${spent:.4f} of the ${self.daily_budget_usd:.2f} daily budget "
-                f"and this "
-                f"request may cost up to ${estimate.cost_max_usd:.4f}; retry after 00:00 UTC, shorten the "
-                "conversation or lower max_output_tokens, or raise CODE_INTERPRETER_DAILY_BUDGET_USD"
+                f"{so_far}, so no code runs for them until 00:00 UTC; raise "
+                "CODE_INTERPRETER_DAILY_BUDGET_USD to allow more"
             )
+        what = f" and this request may cost up to {format_usd(worst)}" if worst is not None else ""
+        raise BudgetExceeded(
+            f"{so_far}{what}; retry after 00:00 UTC, shorten the conversation or lower max_output_tokens, "
+            "or raise CODE_INTERPRETER_DAILY_BUDGET_USD"
+        )
+
+    # -- executions ------------------------------------------------------------------------
+    async def record_execution(self, usage: ExecutionUsage) -> ExecutionUsage:
+        """Record one execution's measured usage; return it completed (ids, timestamp, cost).
+
+        The entry point of the run path, once per execution (a one-shot call or a session cell).
+        It returns at once: the record is written with others in the background (within
+        ``flush_interval_s``, on :meth:`flush` and on :meth:`close`) and counts in today's spend
+        immediately. Missing ``tool_call_id``/``request_id`` are taken from the dispatcher's
+        :func:`~code_interpreter.ledger.current_link` (call it in the task that runs the tool call).
+        """
+        return self.executions.record(usage)
+
+    async def flush(self) -> int:
+        """Write the buffered execution records now; return how many.
+
+        Raises:
+            StorageUnavailable: the database could not be written (the records stay buffered).
+        """
+        return await self.executions.flush()
+
+    async def close(self) -> None:
+        """Write the buffered execution records and stop the background writer (the interpreter's close)."""
+        await self.executions.close()
+
+    async def _flush_for_reading(self) -> None:
+        try:
+            await self.executions.flush()
+        except CodeInterpreterError as exc:  # the summary is still worth showing from what is written
+            log.warning(
+                "summarizing without %d unwritten execution record(s): %s", self.executions.pending, exc
+            )
+
+    async def cost_summary(
+        self, user_id: Any = None, since: datetime | None = None, group_by: CostGroupBy = "user"
+    ) -> list[dict[str, Any]]:
+        """Tokens and sandbox cost side by side per user, UTC day, model or session, sorted.
+
+        Each row has the key (``user_id``, ``day``, ``model`` or ``session_id``), the token fields
+        of :meth:`usage_summary` (its ``cost_usd`` as ``token_cost_usd``), the executions'
+        ``executions``, ``failed_executions``, ``cpu_seconds``, ``wall_seconds``, ``peak_memory_mb``
+        (the largest), ``stored_bytes``, ``result_tokens`` and ``sandbox_cost_usd``, and
+        ``cost_usd``, the two costs together. By model, an execution counts for the model of the
+        request that asked for it (None outside the agent loop).
+        """
+        if group_by not in _GROUP_FIELDS:
+            raise ValueError(f"group_by must be one of {', '.join(_GROUP_FIELDS)}, got {group_by!r}")
+        await self._flush_for_reading()
+        token_rows = await self.usage_summary(user_id, since, group_by)
+        sandbox_rows = await self.executions.summary(_match(user_id, since), group_by, self.records.name)
+        return merge_rows(group_by, token_rows, sandbox_rows)
+
+    async def daily_costs(self, user_id: Any = None, since: datetime | None = None) -> list[dict[str, Any]]:
+        """``{day, user_id, token_cost_usd, sandbox_cost_usd, cost_usd}`` per UTC day and user, sorted."""
+        await self._flush_for_reading()
+        match = _match(user_id, since)
+
+        async def op() -> list[dict[str, Any]]:
+            cursor = await self.records.aggregate(daily_pipeline(match, "cost_usd"))
+            return [doc async for doc in cursor]
+
+        token_rows = await self._retrying(op, "sum token cost per day")
+        return merge_daily(token_rows, await self.executions.daily(match))
+
+    async def execution_records(
+        self,
+        *,
+        user_id: Any = None,
+        session_id: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[ExecutionUsage]:
+        """The recorded executions of a user, a session or a model request, oldest first."""
+        await self._flush_for_reading()
+        query = _match(user_id, since)
+        if session_id is not None:
+            query["session_id"] = session_id
+        if request_id is not None:
+            query["request_id"] = request_id
+        return await self.executions.find(query, limit)
+
+    async def html_report(self, user_id: Any = None, since: datetime | None = None, scope: str = "") -> str:
+        """A self-contained HTML report: cost per day by user and by kind, estimate error per model."""
+        daily = await self.daily_costs(user_id, since)
+        models = await self.usage_summary(user_id, since, "model")
+        cp = self.compute_prices
+        sources = [
+            f"Tokens: {self.prices.source}, as of {self.prices.as_of}.",
+            f"Sandbox: CPU {format_usd(cp.cpu_hour_usd)} per CPU-hour, memory "
+            f"{format_usd(cp.memory_gb_hour_usd)} per GiB-hour, storage "
+            f"{format_usd(cp.storage_gb_month_usd)} per GiB-month; {cp.source}, as of {cp.as_of}.",
+        ]
+        if not scope:
+            who = "all users" if user_id is None else f"user {user_id}"
+            scope = (
+                f"{who}, {'all days' if since is None else 'since ' + since.strftime('%Y-%m-%d %H:%M UTC')}"
+            )
+        return render_report(daily, models, generated_at=self._now(), scope=scope, sources=sources)
+
+
+def _match(user_id: Any, since: datetime | None) -> dict[str, Any]:
+    """The ``$match`` of a user (a value or an operator document) and a start time."""
+    match: dict[str, Any] = {}
+    if user_id is not None:
+        match["user_id"] = user_id
+    if since is not None:
+        match["timestamp"] = {"$gte": since if since.tzinfo else since.replace(tzinfo=UTC)}
+    return match

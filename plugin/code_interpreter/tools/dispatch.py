@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError
 from ..executor import EventCallback, ExecutionEvent, ExecutionResult
+from ..ledger import ExecutionLink, linked
 from ..request import ExecutionRequest
 from .render import function_call_output, image_parts, render_for_model, supports_vision
 from .schema import EXECUTE_TOOL, SCHEMA_NAMES, validate_arguments
@@ -53,6 +54,8 @@ class ToolContext:
     """Force image attachment on or off; None decides from ``model`` (:func:`supports_vision`)."""
     max_images: int = 4
     """Most images attached per tool result."""
+    request_id: str | None = None
+    """The model request whose answer made the call (run_agent sets it); named in the usage record."""
 
     def __post_init__(self) -> None:
         if self.allowed_file_ids is not None and not isinstance(self.allowed_file_ids, frozenset):
@@ -74,6 +77,7 @@ class ToolContext:
             "model": self.model,
             "attach_images": self.attach_images,
             "max_images": self.max_images,
+            "request_id": self.request_id,
         }
 
 
@@ -197,7 +201,9 @@ class ToolDispatcher:
                 f"{EXECUTE_TOOL}(code, timeout, install_packages). {_RETRY_HINT}",
             )
         try:
-            return await self._execute(parsed, context, _tagged(on_event, parsed.call_id))
+            # The execution's usage record names this tool call and the request that asked for it.
+            with linked(ExecutionLink(parsed.call_id or None, context.request_id)):
+                return await self._execute(parsed, context, _tagged(on_event, parsed.call_id))
         except CodeInterpreterError as exc:
             return self._refuse(parsed.call_id, parsed.name, str(exc), error_type=type(exc).__name__)
         except Exception as exc:  # a bug or an unconverted library error must not kill the agent loop
@@ -280,6 +286,7 @@ class ToolDispatcher:
             problem = f"{exc}. {_RETRY_HINT}"
             return self._refuse(call.call_id, call.name, problem, error_type=type(exc).__name__)
         await self.interp.start()  # idempotent; the file listing needs the database
+        await self.interp.usage.check_budget(context.user_id)  # spent: refused before running, as a result
         files, missing = await self._file_ids(context)
         if missing:
             notes.append(
