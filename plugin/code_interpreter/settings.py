@@ -88,9 +88,9 @@ class Settings:
     max_files_per_user: int = 1000
     """Per-user quota: number of unexpired files."""
     max_bytes_per_user: int = 2 * 2**30
-    """Per-user quota: total bytes of unexpired files."""
+    """Per-user quota: total bytes of unexpired files and saved sessions."""
     quota_policy: QuotaPolicy = "refuse"
-    """At the quota: refuse the upload, or evict the user's oldest files."""
+    """At the quota: refuse the upload or save, or evict the user's oldest files and saved sessions."""
     cleanup_interval_s: float = 3600.0
     """Seconds between background cleanups of expired files (and orphans); 0 disables them."""
 
@@ -136,6 +136,10 @@ class Settings:
     """Most live sessions of one user on this host (the user's least recently used one makes room)."""
     max_snapshot_mb: int = 200
     """Largest saved session; over it the largest values are left out (and named in the notes)."""
+    max_saved_sessions_per_user: int = 20
+    """Most saved sessions one user keeps (their bytes count against the quota); the oldest expires first."""
+    session_lease_s: float = 10.0
+    """Seconds a host owns a live session unless it renews; after that another host may take it over."""
 
     runtime_dir: Path | None = None
     """Sandbox runtime venv; default ``home/runtime``."""
@@ -264,6 +268,8 @@ class Settings:
             "max_sessions",
             "max_sessions_per_user",
             "max_snapshot_mb",
+            "max_saved_sessions_per_user",
+            "session_lease_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
