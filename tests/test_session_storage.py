@@ -210,3 +210,18 @@ async def test_cleanup_deletes_expired_saved_sessions_and_orphan_blobs_but_not_l
     assert await store.cleanup_expired(orphan_grace_s=0) == 0
     assert await blobs(mongo_db) == 1 and await store.load("u", "live") == b"live"
 
+
+async def test_status_reports_saved_sessions_beside_files(
+    make_settings: Callable[..., Settings], sandbox_runtime: Any
+) -> None:
+    from code_interpreter.interpreter import CodeInterpreter
+
+    interp = CodeInterpreter(make_settings(runtime_dir=sandbox_runtime.root))
+    try:
+        await interp.start()
+        await saved(interp.files.session_store, "u", "s", b"s" * (2**20 + 2**19))
+        status = await interp.status(start_sandbox=False)
+        assert status["total_saved_sessions"] == 1 and status["total_saved_session_mb"] == 1.5
+        assert status["total_user_files"] == 0
+    finally:
+        await interp.close()
