@@ -13,7 +13,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from _clock import T0, Clock
-from code_interpreter.errors import QuotaExceeded, SnapshotRefused
+from code_interpreter.errors import LeaseLost, QuotaExceeded, SnapshotRefused
 from code_interpreter.files import FileManager
 from code_interpreter.files.session_store import SNAPSHOT_BUCKET, SessionStore, blob_prefix
 from code_interpreter.settings import Settings
@@ -127,6 +127,23 @@ async def test_over_the_saved_session_cap_the_oldest_saved_session_expires_first
     assert await store.load("u", "a") is None and await store.load("u", "b") is None
     await saved(store, "other", "x", b"x")  # per user
     assert len(await store.list_saved("other")) == 1 and await blobs(mongo_db) == 3
+
+
+async def test_a_host_that_lost_the_session_evicts_and_writes_nothing_when_it_tries_to_save(
+    mongo_db: AsyncDatabase[Any], make_settings: Callable[..., Settings], clock: Clock
+) -> None:
+    fm = manager(mongo_db, make_settings, clock, max_saved_sessions_per_user=1)
+    await fm.ensure_indexes()
+    store = fm.session_store
+    await saved(store, "u", "older", b"older")
+    stale = await store.acquire("u", "s", "host-a")
+    clock.now = T0 + timedelta(minutes=1)  # host-a's lease ran out; host-b takes the session
+    assert (await store.acquire("u", "s", "host-b")).held
+    with pytest.raises(LeaseLost, match="host host-b took it over"):
+        await store.save_snapshot(stale, b"stale", [], cell=9)
+    listed = [(s.session_id, s.state, s.owner) for s in await store.list_saved("u")]
+    assert listed == [("older", "saved", None), ("s", "live", "host-b")]  # the cap took nothing
+    assert await blobs(mongo_db) == 1
 
 
 async def test_storage_totals_count_saved_sessions(

@@ -221,7 +221,7 @@ def acquire_update(
         ),
         "handoff_wanted_by": pick(None, me if want_handoff else _field("handoff_wanted_by")),
         "handoff_wanted_at": pick(None, asked_at if want_handoff else _field("handoff_wanted_at")),
-        "expires_at": pick(_plus(now, keep_s), _field("expires_at")),
+        "expires_at": pick(_plus(now, keep_s), "$expires_at"),
         "cells": {"$ifNull": ["$cells", 0]},
     }
     return [{"$set": fields}]

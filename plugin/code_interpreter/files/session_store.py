@@ -186,6 +186,10 @@ class SessionStore:
                 f"the snapshot ({mb(len(data))}) is over the {self.settings.max_snapshot_mb} MB cap "
                 "(max_snapshot_mb): keep less in the session, or raise the cap"
             )
+        # A host that lost the session learns it before it evicts anything or writes the bytes (the
+        # fenced update below still decides: the lease may be taken while the bytes are written).
+        if await self._retry(lambda: self.meta.find_one(fence(lease), {"_id": 1}), "check the lease") is None:
+            raise await self._lost(lease, "save it")
         await room_for_snapshot(lease.user_id, lease.session_id, len(data), self.settings, self, self._files)
         blob_id = blob_prefix(lease.user_id, lease.session_id) + secrets.token_hex(8)
         try:
