@@ -20,7 +20,7 @@ the clocks of hosts. A host needs no synchronised clock; what it must respect is
 plus the lease's length, which is never later than the server's expiry. On a replica set ``$$NOW`` is
 the primary's clock: a failover to a member whose clock is ahead by d shortens the leases then live by
 d, so members must agree within a small part of ``session_lease_s`` (NTP keeps them within
-milliseconds; a lease is 10 s by default, renewed every third of it).
+milliseconds; a lease is 10 s by default: renew it every third of that).
 
 SecantusDB 0.7.0b3 binds ``$$NOW`` as a timezone-aware datetime while the dates it stores are naive,
 and its comparisons between the two answer false both ways (``$subtract`` fails outright): used bare,
