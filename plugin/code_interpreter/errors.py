@@ -19,6 +19,9 @@ An error in the *user's code* is not an exception: it is data in the execution r
     │   ├── IsolationUnavailable  the requested isolation mode cannot be had here
     │   ├── SandboxTimeout        wall-clock limit reached (the child was killed)
     │   └── SandboxCrashed        the zygote or child died unexpectedly
+    ├── SessionError
+    │   ├── LeaseLost             another host took the session over: stop this copy, never save it
+    │   └── SnapshotRefused       a stored snapshot that may not be used (corrupt, foreign, over its cap)
     ├── ExecutionFailed           the user's code failed (only from ExecutionResult.raise_for_error)
     ├── ToolArgumentError         invalid call arguments (the model's, or a request's)
     └── BudgetExceeded            a request's estimate would pass the user's budget
@@ -39,6 +42,7 @@ __all__ = [
     "FileStoreError",
     "FileTooLarge",
     "IsolationUnavailable",
+    "LeaseLost",
     "PackageError",
     "PackageInstallError",
     "PackageNotApproved",
@@ -47,6 +51,8 @@ __all__ = [
     "SandboxCrashed",
     "SandboxError",
     "SandboxTimeout",
+    "SessionError",
+    "SnapshotRefused",
     "StorageUnavailable",
     "ToolArgumentError",
 ]
@@ -110,6 +116,28 @@ class SandboxTimeout(SandboxError):
 
 class SandboxCrashed(SandboxError):
     """The fork server or the execution child died unexpectedly."""
+
+
+class SessionError(CodeInterpreterError):
+    """A session's ownership or its saved snapshot refused an operation."""
+
+
+class LeaseLost(SessionError):
+    """This host no longer owns the session (another host took it over, or it was reset).
+
+    The host must stop its live copy and must not save it: the message names who holds it now.
+    """
+
+    def __init__(self, message: str, owner: str | None = None, epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.owner = owner
+        """The host that holds the session now, None when nobody does (or it was reset)."""
+        self.epoch = epoch
+        """The session's current epoch, None when it no longer exists."""
+
+
+class SnapshotRefused(SessionError):
+    """A stored snapshot that may not be used (corrupt, not this session's, over the cap); says why."""
 
 
 class ExecutionFailed(CodeInterpreterError):

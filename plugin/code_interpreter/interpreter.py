@@ -363,18 +363,25 @@ class CodeInterpreter:
                 executor_status = {"started": False, "error": str(exc)}
         if self._executor is not None:
             executor_status = {"started": True, **self._executor.status()}
-        stored: dict[str, int | None] = {"files": None, "bytes": None}
+        stored: dict[str, int | None] = dict.fromkeys(
+            ("files", "bytes", "saved_sessions", "saved_session_bytes")
+        )
         if storage["reachable"]:
             try:
                 stored = {**await self.files.storage_totals()}
             except CodeInterpreterError as exc:  # the server went away since the ping
                 storage["error"] = str(exc)
         mb = None if stored["bytes"] is None else round(stored["bytes"] / 2**20, 2)
+        saved = stored["saved_session_bytes"]
         return {
             **self.packages.status(),
             "total_user_files": stored["files"],
             "total_file_size_mb": mb,
-            "file_expiration_hours": _whole(self.settings.file_expiration_hours or -1),  # the seed's "never"
+            "total_saved_sessions": stored["saved_sessions"],
+            "total_saved_session_mb": None if saved is None else round(saved / 2**20, 2),
+            "file_expiration_hours": _whole(
+                self.settings.file_expiration_hours or -1
+            ),  # the seed's never: -1
             "max_file_size_mb": _whole(round(self.settings.max_file_size / 2**20, 2)),
             "storage": storage,
             "isolation": self.isolation[0],

@@ -99,7 +99,7 @@ class Settings:
     max_bytes_per_user: int = 2 * 2**30
     """Per-user quota: total bytes of unexpired files and saved sessions."""
     quota_policy: QuotaPolicy = "refuse"
-    """At the quota: refuse the upload, or evict the user's oldest files."""
+    """At the quota: refuse the upload or save, or evict the user's oldest files and saved sessions."""
     cleanup_interval_s: float | None = 3600.0
     """Seconds between background cleanups of expired files (and orphans); None: no background cleanup."""
 
@@ -152,6 +152,10 @@ class Settings:
     """Largest saved session; over it the largest values are left out (and named in the notes)."""
     session_save_timeout_s: float = 30.0
     """Seconds a session's snapshot may take; past it the save is dropped (the next call says so)."""
+    max_saved_sessions_per_user: int = 20
+    """Most saved sessions one user keeps (their bytes count against the quota); the oldest expires first."""
+    session_lease_s: float = 10.0
+    """Seconds a host owns a live session unless it renews; after that another host may take it over."""
 
     # -- runtime and packages -------------------------------------------------
     runtime_dir: Path | None = None
@@ -297,6 +301,7 @@ _POSITIVE = (
     "max_files_per_user", "max_bytes_per_user", "pip_timeout", "session_idle_s", "max_sessions",
     "max_sessions_per_user", "max_snapshot_bytes", "session_save_timeout_s", "max_generated_files",
     "max_generated_bytes", "mcp_max_pending_per_session", "mcp_max_pending_per_user",
+    "max_saved_sessions_per_user", "session_lease_s",
 )  # fmt: skip
 
 #: The settings by stage, in the order of the README's table (a test checks every field is in one group).
@@ -309,7 +314,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "sandbox": ("isolation", "sandbox_uid", "sandbox_gid", "memory_limit_mb", "max_processes",
                 "max_open_files", "work_dir_bytes", "max_parallel", "max_parallel_per_user"),
     "sessions": ("session_idle_s", "max_sessions", "max_sessions_per_user", "max_snapshot_bytes",
-                 "session_save_timeout_s"),
+                 "session_save_timeout_s", "max_saved_sessions_per_user", "session_lease_s"),
     "runtime and packages": ("runtime_dir", "runtime_python", "runtime_packages", "preload_modules",
                              "approved_packages", "pip_constraints", "pip_timeout", "runtime_rebuild_days"),
     "integrations": ("mcp_max_pending_per_session", "mcp_max_pending_per_user"),

@@ -6,7 +6,11 @@
 - :mod:`.deletion` — deleting many files at once (cleanup, a user's files, quota eviction), dropping buckets;
 - :mod:`.cache` — verified local copies the sandbox reads;
 - :mod:`.names` — safe file names and file types sniffed from the bytes;
-- :mod:`.orphans` — what a crash left behind, for reconcile.
+- :mod:`.orphans` — what a crash left behind, for reconcile;
+- :mod:`.session_store` — :class:`SessionStore`: each session's ownership lease across hosts and its
+  saved snapshot, in one record (:mod:`.leases`: the record and its atomic updates);
+- :mod:`.snapshots` — saved sessions as today's session manager uses them;
+- :mod:`.quota` — the per-user quota over files and saved sessions together.
 """
 
 from __future__ import annotations

@@ -48,6 +48,8 @@ from .buckets import LEGACY_BUCKET, Buckets, blob_path, bucket_for, bucket_of
 from .deletion import delete_where, expire_buckets
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
+from .quota import StoredItem, mb, plan_room
+from .session_store import SessionStore
 from .snapshots import SnapshotStore
 
 __all__ = ["BUCKET", "COLLECTION", "FileManager"]
@@ -73,8 +75,9 @@ class FileManager:
         retry: RetryPolicy | None = None,
         cleanup_batch: int = CLEANUP_BATCH,
     ) -> None:
-        """Args: ``clock`` returns aware UTC datetimes (tests inject it); ``retry`` overrides the
-        policy registered by :class:`~code_interpreter.storage.Storage` for this client."""
+        """Args: ``clock`` returns aware UTC datetimes (tests inject it; without one, sessions' leases
+        run on the database server's clock); ``retry`` overrides the policy registered by
+        :class:`~code_interpreter.storage.Storage` for this client."""
         self.db = db
         self.settings = settings
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -89,8 +92,12 @@ class FileManager:
         """The GridFS buckets of file bytes (one per hour of expiry, and the legacy one)."""
         self.blobs = self.buckets.store(BUCKET)
         """The legacy bucket: files that never expire, and files stored before hourly buckets."""
-        self.snapshots = SnapshotStore(db, settings, self._retry, self._now)
-        """Saved sessions (same database and expiry rules)."""
+        self.session_store = SessionStore(
+            db, settings, clock=self._now if clock is not None else None, retry=self._retry, files=self
+        )
+        """Sessions' ownership leases and saved snapshots (same database, quota and expiry rules)."""
+        self.snapshots = SnapshotStore(self.session_store)
+        """Saved sessions as today's session manager uses them (save, load, delete)."""
         self.cache_dir = settings.home / "cache"
         self.cleanup_batch = max(1, cleanup_batch)
         self._indexed = False
@@ -105,7 +112,7 @@ class FileManager:
         await self._retry(lambda: self.meta.create_index("file_id", unique=True), "create index")
         await self._retry(lambda: self.meta.create_index("expires_at"), "create index")
         await self.buckets.for_writing(BUCKET)
-        await self.snapshots.ensure_indexes()
+        await self.session_store.ensure_indexes()
         self._indexed = True
 
     # -- upload ----------------------------------------------------------------
@@ -227,9 +234,11 @@ class FileManager:
         return result
 
     async def storage_totals(self) -> dict[str, int]:
-        """Files stored for all users and their bytes (expired ones count until a cleanup deletes them).
+        """Files and saved sessions stored for all users, and their bytes (expired ones count until a
+        cleanup deletes them).
 
-        Returns ``{"files": n, "bytes": b}`` from one aggregation (the seed's status read every document).
+        Returns ``{"files": n, "bytes": b, "saved_sessions": s, "saved_session_bytes": sb}``, each
+        pair from one aggregation (the seed's status read every document).
         """
         pipeline = [{"$group": {"_id": None, "files": {"$sum": 1}, "bytes": {"$sum": "$file_size"}}}]
 
@@ -238,9 +247,10 @@ class FileManager:
             return [d async for d in cursor]
 
         rows: list[dict[str, Any]] = await self._retry(op, "count stored files")
-        if not rows:
-            return {"files": 0, "bytes": 0}
-        return {"files": int(rows[0]["files"]), "bytes": int(rows[0]["bytes"])}
+        row = rows[0] if rows else {"files": 0, "bytes": 0}
+        saved = await self.session_store.totals()
+        return {"files": int(row["files"]), "bytes": int(row["bytes"]), "saved_sessions": saved["sessions"],
+                "saved_session_bytes": saved["bytes"]}  # fmt: skip
 
     # -- deletion --------------------------------------------------------------
     async def delete_user_file(self, file_id: str, user_id: int | str) -> bool:
@@ -279,7 +289,7 @@ class FileManager:
         count = await expire_buckets(self.buckets, self.meta, self._meta_ack, now, self._retry)
         count += await self._delete_where({"expires_at": {"$lte": now}})
         await self._sweep_cache(now)  # also the copies of files that went with their bucket
-        await self.snapshots.cleanup_expired()
+        await self.session_store.cleanup_expired()
         return count
 
     def start_cleanup_task(self, interval_s: float = 3600) -> asyncio.Task[None]:
@@ -357,37 +367,44 @@ class FileManager:
                 raise
 
     async def _make_room(self, uid: str, incoming: int) -> str | None:
-        """None if the upload fits the user's quota (evicting oldest files if so configured), else why not."""
+        """None if the upload fits the user's quota (evicting oldest items if so configured), else why not.
+
+        The bytes of the user's saved sessions count with their files (see :mod:`.quota`).
+        """
         s = self.settings
         if incoming > s.max_bytes_per_user:
-            return f"File exceeds your storage quota of {_mb(s.max_bytes_per_user)}"
-        now = self._now()
-        query = self._visible({"user_id": uid}, now)
+            return f"File exceeds your storage quota of {mb(s.max_bytes_per_user)}"
+        items = await self.quota_items(uid) + await self.session_store.quota_items(uid)
+        limits = {"max_files": s.max_files_per_user, "max_bytes": s.max_bytes_per_user}
+        plan = plan_room(items, incoming_bytes=incoming, incoming_files=1, **limits)
+        if plan.fits:
+            return None
+        if s.quota_policy == "refuse" or not plan.can_fit:
+            what = "files or saved sessions" if plan.usage.sessions else "files"
+            return (
+                f"Storage quota reached ({plan.usage.describe()}; the limit is {s.max_files_per_user} "
+                f"files and {mb(s.max_bytes_per_user)}): delete some {what} first or wait for them to expire"
+            )
+        files = [v.key for v in plan.victims if v.kind == "file"]
+        sessions = [v.key for v in plan.victims if v.kind == "session"]
+        await self.evict_items(uid, files)
+        await self.session_store.evict_items(uid, sessions)
+        log.info("quota: evicted %d file(s), %d saved session(s) of user %s", len(files), len(sessions), uid)
+        return None
+
+    async def quota_items(self, user_id: str) -> list[StoredItem]:
+        """The user's unexpired files as the quota counts them (for the session store, too)."""
+        query = self._visible({"user_id": user_id})
         docs = await self._retry(
-            lambda: (
-                self.meta.find(query, {"file_id": 1, "file_size": 1, "uploaded_at": 1})
-                .sort([("uploaded_at", 1), ("_id", 1)])
-                .to_list(None)
-            ),
+            lambda: self.meta.find(query, {"file_id": 1, "file_size": 1, "uploaded_at": 1}).to_list(None),
             "check quota",
         )
-        count, used = len(docs), sum(int(d.get("file_size", 0)) for d in docs)
-        if count + 1 <= s.max_files_per_user and used + incoming <= s.max_bytes_per_user:
-            return None
-        if s.quota_policy == "refuse":
-            return (
-                f"Storage quota reached ({count} files, {_mb(used)}; the limit is {s.max_files_per_user} "
-                f"files and {_mb(s.max_bytes_per_user)}): delete some files first or wait for them to expire"
-            )
-        victims = []
-        for d in docs:  # oldest first
-            if count + 1 <= s.max_files_per_user and used + incoming <= s.max_bytes_per_user:
-                break
-            victims.append(d["file_id"])
-            count, used = count - 1, used - int(d.get("file_size", 0))
-        await self._delete_where({"file_id": {"$in": victims}, "user_id": uid})
-        log.info("quota: evicted %d oldest file(s) of user %s", len(victims), uid)
-        return None
+        return [StoredItem("file", d["file_id"], int(d.get("file_size", 0)), d["uploaded_at"]) for d in docs]
+
+    async def evict_items(self, user_id: str, keys: list[str]) -> None:
+        """Delete these files of the user to make room (quota eviction)."""
+        if keys:
+            await self._delete_where({"file_id": {"$in": keys}, "user_id": user_id})
 
     async def _delete_where(self, query: dict[str, Any]) -> int:
         return await delete_where(
@@ -475,9 +492,5 @@ def _public(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.0f}MB" if n >= 2**20 else f"{n} bytes"
-
-
 def _too_large(limit: int) -> dict[str, Any]:
-    return {"success": False, "error": f"File too large. Maximum size is {_mb(limit)}"}
+    return {"success": False, "error": f"File too large. Maximum size is {mb(limit)}"}

@@ -1,158 +1,73 @@
-"""Saved sessions: each user's session snapshots in GridFS, under the file store's expiry rules.
+"""Saved sessions for today's run path, on top of the :class:`~.session_store.SessionStore`.
 
-A snapshot is made inside the sandbox (``inside/_snapshot.py``) and is opaque bytes here: the host
-never unpickles it. One document per (user, session) in ``session_snapshots`` names its blob in the
-``session_blobs`` bucket, with its size and sha256; a save writes the new blob first, then points the
-document at it, then deletes the old blob, so a crash never leaves a session without a snapshot it
-acknowledged. On load the document is found by user *and* session id, and the bytes must match the
-recorded size and sha256 and the blob id must carry the owner's prefix, or the snapshot is refused.
+The session manager saves a session when it ends on this host (idle expiry, eviction, close, shutdown)
+and restores it on the next call, here or on any host sharing the database. It does not hold leases
+while a session is live yet; until it does, each save takes the session's lease just for the write,
+saves fenced by it, and releases it. A save therefore never lands over a host that holds the session
+(it is refused, naming that host), and restores read what the last save left.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
-from pymongo.asynchronous.database import AsyncDatabase
-
-from ..settings import Settings
-from .blobs import CODEC, BlobStore, BlobTooLarge
-from .names import safe_id_part
+from ..errors import SnapshotRefused
+from .leases import new_host_id
+from .session_store import SNAPSHOT_BUCKET, SNAPSHOT_COLLECTION, SessionStore
 
 __all__ = ["SNAPSHOT_BUCKET", "SNAPSHOT_COLLECTION", "SnapshotRefused", "SnapshotStore"]
 
-SNAPSHOT_COLLECTION = "session_snapshots"
-SNAPSHOT_BUCKET = "session_blobs"
-Retry = Callable[[Callable[[], Awaitable[Any]], str], Awaitable[Any]]
-
-
-class SnapshotRefused(Exception):
-    """A stored snapshot that may not be used (corrupt, or not this session's); the message says why."""
-
-
-def _prefix(user_id: str, session_id: str) -> str:
-    digest = hashlib.sha256(f"{user_id}\x00{session_id}".encode()).hexdigest()[:24]
-    return f"snap_{safe_id_part(user_id)}_{digest}_"
-
 
 class SnapshotStore:
-    """Save, load, delete and expire session snapshots (async)."""
+    """Save, load, delete and expire session snapshots (the session manager's store; async)."""
 
-    def __init__(
-        self, db: AsyncDatabase[Any], settings: Settings, retry: Retry, clock: Callable[[], datetime]
-    ) -> None:
-        self.meta = db.get_collection(SNAPSHOT_COLLECTION, codec_options=CODEC)
-        self.blobs = BlobStore(db, SNAPSHOT_BUCKET, retry)
-        self.settings = settings
-        self._retry = retry
-        self._clock = clock
+    def __init__(self, store: SessionStore, host: str | None = None) -> None:
+        """Snapshots in ``store``, written as ``host`` (default: a new id for this process)."""
+        self.store = store
+        self.host = host or new_host_id()
+        """The host id this process's saves take the lease as."""
+
+    @property
+    def meta(self) -> Any:
+        """The records' collection (``session_snapshots``)."""
+        return self.store.meta
 
     async def ensure_indexes(self) -> None:
-        """Unique (user_id, session_id), expires_at, and GridFS's indexes."""
-        await self._retry(
-            lambda: self.meta.create_index([("user_id", 1), ("session_id", 1)], unique=True), "create index"
-        )
-        await self._retry(lambda: self.meta.create_index("expires_at"), "create index")
-        await self.blobs.ensure_indexes()
-
-    def _expiry(self, now: datetime) -> datetime | None:
-        ttl = self.settings.file_ttl_seconds
-        return now + timedelta(seconds=ttl) if ttl is not None else None
+        """The session store's indexes."""
+        await self.store.ensure_indexes()
 
     async def save(self, user_id: str, session_id: str, data: bytes, notes: list[str]) -> dict[str, Any]:
-        """Store ``data`` as the session's snapshot (replacing the previous one); returns its document."""
-        now = self._clock()
-        blob_id = _prefix(user_id, session_id) + secrets.token_hex(8)
-        cap = self.settings.max_snapshot_bytes
-        try:
-            written = await self.blobs.write(
-                blob_id, data, cap, f"session {session_id}", {"user_id": user_id}
-            )
-        except BlobTooLarge:
+        """Store ``data`` as the session's snapshot (replacing the previous one); returns the lease's view.
+
+        Raises:
+            SnapshotRefused: another host holds the session, or the snapshot is over its cap.
+            QuotaExceeded: the snapshot does not fit the user's storage quota.
+        """
+        lease = await self.store.acquire(user_id, session_id, self.host)
+        if not lease.held:
+            until = lease.expires_at.isoformat() if lease.expires_at else "it releases it"
             raise SnapshotRefused(
-                f"the snapshot is over the {self.settings.max_snapshot_bytes / 2**20:g} MB cap"
-            ) from None
-        fields = {"blob_id": blob_id, "size": written.size, "sha256": written.sha256, "saved_at": now,
-                  "expires_at": self._expiry(now), "notes": notes[:20]}  # fmt: skip
-        try:
-            old = await self._retry(
-                lambda: self.meta.find_one_and_update(
-                    {"user_id": user_id, "session_id": session_id},
-                    {"$set": fields, "$setOnInsert": {"created_at": now}},
-                    upsert=True,
-                    return_document=ReturnDocument.BEFORE,
-                ),
-                "save the session",
+                f"session {session_id!r} is live on host {lease.owner} (until {until}): this copy was not "
+                "saved over it"
             )
-        except BaseException:
-            await self.blobs.discard([blob_id])
-            raise
-        if old is not None and old.get("blob_id") and old["blob_id"] != blob_id:
-            await self.blobs.delete([old["blob_id"]])
-        return {"user_id": user_id, "session_id": session_id, **fields}
+        try:
+            saved = await self.store.save_snapshot(lease, data, notes)
+        finally:
+            await self.store.release(lease)  # a save keeps the epoch: this lease still names it
+        return saved.to_dict()
 
     async def find(self, user_id: str, session_id: str) -> dict[str, Any] | None:
-        """The session's unexpired snapshot document, or None."""
-        now = self._clock()
-        doc: dict[str, Any] | None = await self._retry(
-            lambda: self.meta.find_one(
-                {
-                    "user_id": user_id,
-                    "session_id": session_id,
-                    "$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}],
-                }
-            ),
-            "find the saved session",
-        )
-        return doc
+        """The session's unexpired record, or None."""
+        return await self.store.find(user_id, session_id)
 
     async def load(self, user_id: str, session_id: str) -> bytes | None:
         """The session's snapshot bytes; None when there is none. SnapshotRefused when it may not be used."""
-        doc = await self.find(user_id, session_id)
-        if doc is None:
-            return None
-        blob_id = str(doc.get("blob_id") or "")
-        if not blob_id.startswith(_prefix(user_id, session_id)):
-            raise SnapshotRefused("the stored snapshot does not belong to this user and session")
-        chunks = await self.blobs.chunks_of(blob_id)
-        if chunks is None:
-            raise SnapshotRefused("the stored snapshot's bytes are missing")
-        hasher = hashlib.sha256()
-        parts = []
-        async for part in chunks:
-            hasher.update(part)
-            parts.append(part)
-        data = b"".join(parts)
-        if len(data) != doc.get("size") or hasher.hexdigest() != doc.get("sha256"):
-            raise SnapshotRefused("the stored snapshot is corrupt (its size or checksum does not match)")
-        return data
+        return await self.store.load(user_id, session_id)
 
     async def delete(self, user_id: str, session_id: str) -> bool:
-        """Forget the session's snapshot; True if there was one."""
-        doc = await self._retry(
-            lambda: self.meta.find_one_and_delete({"user_id": user_id, "session_id": session_id}),
-            "delete the saved session",
-        )
-        if doc is None:
-            return False
-        if doc.get("blob_id"):
-            await self.blobs.delete([doc["blob_id"]])
-        return True
+        """Forget the session's snapshot (and any lease on it); True if there was one."""
+        return await self.store.delete(user_id, session_id)
 
     async def cleanup_expired(self) -> int:
-        """Delete expired snapshots (document first, then bytes); returns how many."""
-        now = self._clock()
-        docs = await self._retry(
-            lambda: self.meta.find({"expires_at": {"$ne": None, "$lte": now}}, {"blob_id": 1}).to_list(None),
-            "find expired sessions",
-        )
-        ids = [d["_id"] for d in docs]
-        if not ids:
-            return 0
-        await self._retry(lambda: self.meta.delete_many({"_id": {"$in": ids}}), "delete expired sessions")
-        await self.blobs.delete([d["blob_id"] for d in docs if d.get("blob_id")])
-        return len(ids)
+        """Delete expired saved sessions; returns how many."""
+        return await self.store.cleanup_expired()
