@@ -183,7 +183,7 @@ class SessionStore:
         cap = self.settings.max_snapshot_bytes
         if len(data) > cap:
             raise SnapshotRefused(
-                f"the snapshot ({mb(len(data))}) is over the {mb(cap)} cap "
+                f"the snapshot ({mb(len(data))}) is over the {cap / 2**20:g} MB cap "
                 "(max_snapshot_bytes): keep less in the session, or raise the cap"
             )
         # A host that lost the session learns it before it evicts anything or writes the bytes (the
@@ -197,7 +197,7 @@ class SessionStore:
                 blob_id, data, cap, f"session {lease.session_id}", {"user_id": lease.user_id}
             )
         except BlobTooLarge:  # pragma: no cover - the size was checked above
-            raise SnapshotRefused(f"the snapshot is over the {mb(cap)} cap") from None
+            raise SnapshotRefused(f"the snapshot is over the {cap / 2**20:g} MB cap") from None
         text = [str(n) for n in notes[:MAX_NOTES]]
 
         def update(now: Any) -> list[dict[str, Any]]:
