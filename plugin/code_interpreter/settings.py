@@ -276,8 +276,10 @@ class Settings:
             raise ConfigurationError(f"embedded_idle_s must be >= 0 seconds, got {self.embedded_idle_s!r}")
         if self.file_expiration_hours == 0:
             raise ConfigurationError("file_expiration_hours must be positive, or -1 to keep files forever")
-        if not isinstance(self.home, Path):
-            object.__setattr__(self, "home", Path(self.home))
+        for name in _path_fields(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _as_path(name, value))
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -288,6 +290,25 @@ def _hints(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
+
+
+_PATH_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _path_fields(cls: type) -> tuple[str, ...]:
+    """Fields typed ``Path`` or ``Path | None``: each also takes a str (``~`` expanded), as from_env does."""
+    if cls not in _PATH_FIELDS:
+        hints = _hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        _PATH_FIELDS[cls] = tuple(n for n in names if Path in (hints[n], *typing.get_args(hints[n])))
+    return _PATH_FIELDS[cls]
+
+
+def _as_path(name: str, value: object) -> Path:
+    """``value`` as a Path with ``~`` expanded; a ConfigurationError for anything that is not a path."""
+    if isinstance(value, str | os.PathLike):
+        return Path(value).expanduser()
+    raise ConfigurationError(f"{name} must be a path (a str or a pathlib.Path), got {type(value).__name__}")
 
 
 def _redact_uri(uri: str) -> str:
