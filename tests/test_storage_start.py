@@ -1,5 +1,5 @@
 """Starting storage on a newcomer's machine (#25): an unreadable inherited HOME, a server that cannot
-start, a data dir that cannot be made — each a clear message, never a traceback.
+start, a data dir that cannot be made, and bad MONGODB_URIs — each a clear message, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 import code_interpreter
 from _embedded import no_server_left
 from _process_env import process_env
-from code_interpreter.errors import StorageUnavailable
+from code_interpreter.errors import ConfigurationError, StorageUnavailable
+from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
 from code_interpreter.storage import RetryPolicy, Storage
 from conftest import start_secantus
@@ -133,3 +134,54 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_naming_the_setting(tmp_path:
     del env["MONGODB_URI"]
     line = one_line_error(cli("files", "list", env=env, cwd=tmp_path), "cannot use", "CODE_INTERPRETER_HOME")
     assert "Traceback" not in line and str(tmp_path / "a-file") in line
+
+
+# -- bad URIs ----------------------------------------------------------------------------------------------
+
+SRV = "mongodb+srv://alice:s3cret@cluster0.nonexistent.invalid/app?authSource=admin"
+
+
+async def test_an_unresolvable_srv_uri_is_storage_unavailable_naming_it_without_the_password(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(home=tmp_path, mongodb_uri=SRV)
+    async with asyncio.timeout(HANG_GUARD_S):
+        with pytest.raises(StorageUnavailable) as caught:
+            await CodeInterpreter(settings).start()
+    message = str(caught.value)
+    assert "mongodb+srv://***@cluster0.nonexistent.invalid/app?authSource=admin" in message
+    assert "s3cret" not in message and "alice" not in message
+    assert "_mongodb._tcp.cluster0.nonexistent.invalid" in message and "mongodb://HOST:PORT" in message
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        (
+            "foo://bar:1/db",
+            "it starts with foo://, but a MongoDB URI starts with mongodb:// or mongodb+srv://",
+        ),
+        ("mongodb+srv://bob:pw@cluster0.example.com:27017/", "must not include a port number"),
+    ],
+)
+async def test_a_malformed_uri_is_our_configuration_error_naming_the_whole_uri(
+    tmp_path: Path, uri: str, says: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        await Storage(Settings(home=tmp_path, mongodb_uri=uri), retry=FAST).start()
+    message = str(caught.value)
+    assert says in message and "write it as mongodb://HOST:27017/" in message
+    assert uri.split("://")[1].split("@")[-1] in message and ":pw@" not in message
+
+
+@pytest.mark.parametrize(
+    ("uri", "needles"),
+    [
+        (SRV, ("***@cluster0.nonexistent.invalid", "DNS lookup")),
+        ("foo://bar:1/db", ("'foo://bar:1/db' is invalid", "mongodb://")),
+    ],
+)
+def test_the_cli_says_a_bad_uri_in_one_line(tmp_path: Path, uri: str, needles: tuple[str, ...]) -> None:
+    env = process_env(tmp_path / "home", uri, "db", tmp_path / "runtime")
+    line = one_line_error(cli("files", "list", env=env, cwd=tmp_path), "MONGODB_URI", *needles)
+    assert "s3cret" not in line
