@@ -65,11 +65,11 @@ class ExecutionResult:
     success: bool
     """True when the code ran to completion with exit code 0."""
     output: str
-    """Captured stdout (capped; head and tail kept)."""
+    """Captured stdout: whole up to max_output_bytes, else its first and last halves around a marker."""
     error: str | None
     """Traceback (user line numbers), timeout or sandbox message; None on success ("" in ``to_dict``)."""
     stderr: str
-    """Captured stderr (capped; head and tail kept)."""
+    """Captured stderr, capped as ``output`` is."""
     execution_time: float
     """Wall-clock seconds of the execution (excluding time queued)."""
     return_code: int
@@ -159,6 +159,15 @@ def relative_name(name: object) -> str:
     return "/".join(safe_filename(p) for p in parts) or "file"
 
 
+def dropped_note(stream: str, dropped: int, cap: int) -> str:
+    """What a result says of a stream over the cap: how big it was, what was kept, that the rest is gone."""
+    head = cap // 2
+    return (
+        f"{stream} was {dropped + cap:,} bytes: only its first {head:,} and last {cap - head:,} were kept "
+        f"(max_output_bytes); the {dropped:,} between are gone"
+    )
+
+
 def _fmt_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -181,8 +190,10 @@ def from_report(
     rc = int(header.get("exit_code", -1))
     notes = outcome.notes + [str(n) for n in header.get("notes", [])]
     truncated = bool(header.get("stdout_dropped") or header.get("stderr_dropped"))
-    if truncated:
-        notes.append(f"output was longer than {outcome.max_output_bytes} bytes; head and tail kept")
+    for name in ("stdout", "stderr"):
+        dropped = int(header.get(f"{name}_dropped") or 0)
+        if dropped:
+            notes.append(dropped_note(name, dropped, outcome.max_output_bytes))
     hint = f"pass timeout= up to {outcome.max_timeout}, or process the data in chunks"
     seconds = _fmt_seconds(outcome.timeout)
     error: str | None = None
