@@ -37,7 +37,7 @@ def result_note(stream: str) -> str:
 
 KEPT = f"only the first {CAP // 2:,} and the last {CAP // 2:,} bytes were kept"
 MARKER = f"[… {DROPPED:,} bytes dropped here: {KEPT} …]"
-MODEL_NOTE = "the output was truncated (head and tail kept)"
+MODEL_NOTE = "print less, or summarise (head(), describe(), counts) instead of printing everything"
 
 
 @pytest.fixture(scope="module")

@@ -99,9 +99,9 @@ class Settings:
     max_timeout: int = MAX_TIMEOUT_S
     """Largest wall-clock timeout a call may ask for."""
     max_output_bytes: int = MAX_OUTPUT_BYTES
-    """Cap on captured stdout (and separately stderr); head and tail are kept."""
+    """Bytes of stdout (and of stderr) a result keeps; past that, its first and last halves only."""
     max_tool_output_tokens: int = MAX_TOOL_OUTPUT_TOKENS
-    """Most tokens of output and errors the model reads per call (head and tail kept); the host gets all."""
+    """Most tokens of output and errors the model reads per call: the head and tail of the result's text."""
     max_code_bytes: int = MAX_CODE_BYTES
     """Largest accepted source code in bytes."""
     max_generated_files: int = 20
