@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import os
 import threading
 import zipfile
@@ -150,3 +151,59 @@ async def test_an_unapproved_import_is_refused_before_the_runtime_is_built(tmp_p
     result = await pm.prepare("import flask")
     assert [name for name, _ in result.refused] == ["flask"]
     assert not pm.runtime.exists() and pm.pip_calls == 0
+
+
+# -- the approved list: helpers realistic data and image code imports (#25) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "dist"),
+    [
+        ("bs4", "beautifulsoup4"),
+        ("faker", "faker"),
+        ("cv2", "opencv-python-headless"),
+        ("soupsieve", "soupsieve"),
+    ],
+)
+def test_the_seeds_data_and_image_helpers_are_approved_by_import_name(
+    tmp_path: Path, module: str, dist: str
+) -> None:
+    pm = PackageManager(Settings(home=tmp_path))
+    assert pm.distribution_for_import(module) == dist
+    ok, reason = pm.is_package_approved(dist)
+    assert ok, reason
+    assert dist in pm.approval.listed or module == "soupsieve"  # soupsieve comes along with bs4
+
+
+async def test_bs4_and_faker_install_on_import_and_work(tmp_path: Path) -> None:
+    pm = PackageManager(Settings(home=tmp_path / "home", runtime_dir=tmp_path / "rt", runtime_packages=()))
+    result = await pm.prepare("from bs4 import BeautifulSoup\nfrom faker import Faker\n")
+    assert result.ok, result.refusal_message()
+    assert set(result.installed) == {"beautifulsoup4", "faker"}
+    code = (
+        "from bs4 import BeautifulSoup; from faker import Faker; Faker.seed(1); "
+        "print(BeautifulSoup('<p>hi</p>', 'html.parser').p.text, bool(Faker().name()))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(pm.runtime.python),
+        "-I",
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == ["hi", "True"]
+
+
+def test_writing_named_packages_adds_them_and_keeps_the_rest(tmp_path: Path) -> None:
+    """``closure --write NAME`` replaced every dependency by NAME's closure; now it adds NAME and its own."""
+    from code_interpreter.packages.closure import main
+
+    data = tmp_path / "approved.json"
+    data.write_text(json.dumps({"packages": ["numpy"], "dependencies": ["kept-dep"]}))
+    assert main(["--write", "--data", str(data), "beautifulsoup4"]) == 0
+    written = json.loads(data.read_text())
+    assert written["packages"] == ["beautifulsoup4", "numpy"]
+    assert {"kept-dep", "soupsieve"} <= set(written["dependencies"])
