@@ -146,6 +146,19 @@ class PackageManager:
         """Top-level modules importable in the runtime: stdlib, site-packages and provided modules."""
         return self._scan_site(runtime or self.runtime)[0] | self.provided_modules
 
+    def runtime_versions(self) -> dict[str, str] | None:
+        """``{"python", "pandas", "numpy"}`` versions of the runtime as installed (None before it exists).
+
+        What the tool description tells the model it writes for; a package not installed is left out.
+        """
+        rt = self.runtime
+        if not rt.exists():
+            return None
+        dists = self.installed_distributions(rt)
+        out = {"python": str(rt.info().get("full_version") or rt.version)}
+        out.update((name, dists[name]) for name in ("pandas", "numpy") if dists.get(name))
+        return out
+
     def installed_distributions(self, runtime: Runtime | None = None) -> dict[str, str]:
         """Canonical distribution name → version of everything in the runtime's site-packages."""
         return dict(self._scan_site(runtime or self.runtime)[1])

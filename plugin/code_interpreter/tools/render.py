@@ -16,6 +16,7 @@ import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .hints import hint_for
 from .trim import fit_streams
 
 __all__ = [
@@ -139,6 +140,9 @@ def render_content(
         )
     if cut or result.get("truncated"):
         notes.append("print less, or summarise (head(), describe(), counts) instead of printing everything")
+    hint = hint_for(str(result.get("error") or "")) if not ok else None
+    if hint:
+        notes.append(f"this code looks {hint}")
     if notes:
         lines.append("Notes:")
         lines += [f"- {n}" for n in notes]
