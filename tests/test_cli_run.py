@@ -99,3 +99,27 @@ def test_run_says_which_isolation_mode_ran(tmp_path: Path, cli_env: dict[str, st
     mode, reason = resolve_isolation("auto")  # what this machine gives: strict as root, else namespaces
     assert f"note: sandbox: {mode} isolation ({reason})" in proc.stderr.splitlines()
     assert mode in ("strict", "namespaces")
+
+
+def test_running_again_with_the_same_data_file_keeps_one_copy(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """#25: each run uploaded the data file again (same content, new id), each copy counted in the quota."""
+    import json
+
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n3,4\n")
+    (tmp_path / "s.py").write_text("print(int(load_file('data.csv')['b'].sum()))\n")
+    ids = []
+    for _ in range(2):
+        proc = run_cli("run", "s.py", "--file", "data.csv", env=cli_env, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stdout == "6\n", proc.stderr
+        [told] = [line for line in proc.stderr.splitlines() if line.startswith("# data.csv:")]
+        ids.append(told.split("load_file('")[1].split("'")[0])
+    assert ids[0] == ids[1] and told.endswith("(stored before: the same name and bytes, kept longer now)")
+    listed = json.loads(run_cli("files", "list", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert [f["file_id"] for f in listed] == [ids[0]]
+    # --no-store removes what a run added, never the user's earlier copy of the same file
+    proc = run_cli("run", "s.py", "--file", "data.csv", "--no-store", env=cli_env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(run_cli("files", "list", "--json", env=cli_env, cwd=tmp_path).stdout)
+    assert [f["file_id"] for f in listed] == [ids[0]]

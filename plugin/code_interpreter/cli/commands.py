@@ -171,6 +171,9 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
     async with interpreter(settings, progress) as interp:
         ids: list[str] = []
         uploaded: list[str] = []
+        # --no-store removes what this run added, never a file the user had (an upload of the same
+        # name and bytes, or an output identical to an earlier one, is that file).
+        had = {f["file_id"] for f in await interp.files.list_user_files(user)} if args.no_store else set()
         for file_id in stored:
             meta = await interp.files.get_file(file_id, user)
             if meta is None:
@@ -186,7 +189,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
                 raise CodeInterpreterError(f"uploading {path} failed: {for_cli(str(up.get('error')))}")
             ids.append(up["file_id"])
             uploaded.append(up["file_id"])
-            _tell(up["filename"], up["file_id"])
+            _tell(up["filename"], up["file_id"], bool(up.get("deduplicated")))
         live = LivePrinter(progress.done)
         result = await interp.execute(
             code,
@@ -199,9 +202,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
         progress.done()
         isolation = interp.isolation
         outputs = [g["file_id"] for g in result.get("generated_files") or () if g.get("file_id")]
-        if args.no_store:
-            for file_id in [*uploaded, *outputs]:
-                await interp.files.delete_user_file(file_id, user)
+        for file_id in sorted({*uploaded, *outputs} - had) if args.no_store else ():
+            await interp.files.delete_user_file(file_id, user)
     _finish_streams(live, result)
     for note in result.get("notes") or ():
         print(f"note: {for_cli(str(note))}", file=sys.stderr)
@@ -235,8 +237,12 @@ def _finish_streams(live: LivePrinter, result: dict[str, Any]) -> None:
         sys.stderr.write(for_cli(error) + "\n")
 
 
-def _tell(name: str, file_id: str) -> None:
-    print(f"# {name}: open({name!r}) in the working directory, or load_file({file_id!r})", file=sys.stderr)
+def _tell(name: str, file_id: str, same: bool = False) -> None:
+    again = " (stored before: the same name and bytes, kept longer now)" if same else ""
+    print(
+        f"# {name}: open({name!r}) in the working directory, or load_file({file_id!r}){again}",
+        file=sys.stderr,
+    )
 
 
 # -- files, cleanup, status -------------------------------------------------------------------------------
