@@ -188,6 +188,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         "--file", type=Path, action="append", default=[], metavar="DATA", help="a data file (repeatable)"
     )
     c.add_argument("--max-rounds", type=int, default=8, help="most model requests per prompt (8)")
+    c.add_argument(
+        "--session-id",
+        default=None,
+        metavar="ID",
+        help="continue a saved conversation (its messages and variables): the id an earlier chat showed",
+    )
     _output_option(c, "generated files")
     _user_option(c)
     add_mcp_parser(sub)
