@@ -463,7 +463,7 @@ def test_without_the_sdk_the_command_names_the_extra(mcp_env: dict[str, str]) ->
     proc = subprocess.run(
         [sys.executable, "-c", code], env=mcp_env, capture_output=True, text=True, timeout=60
     )
-    one_line_error(proc, 2, "pip install 'code-interpreter[mcp]'")
+    one_line_error(proc, 2, "pip install '.[mcp]' in the clone, or pip install 'mcp>=2.3,<3'")
 
 
 def test_importing_the_package_and_its_cli_does_not_import_the_sdk(mcp_env: dict[str, str]) -> None:
