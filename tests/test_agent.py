@@ -117,7 +117,7 @@ async def test_model_fixes_its_code_after_a_traceback(interp: CodeInterpreter) -
     # What the model was sent: our tools each time, and the traceback before it fixed the code.
     for body in server.requests:
         assert body["model"] == "gpt-4o-mini"
-        assert body["tools"] == tool_definitions("chat")
+        assert body["tools"] == tool_definitions("chat", versions=interp.packages.runtime_versions())
         assert "tool_choice" not in body
     assert "Traceback" in _last_tool_content(server.requests[1])
     assert [m["role"] for m in result.messages] == [

@@ -115,7 +115,8 @@ async def test_model_fixes_its_code_after_a_traceback(interp: CodeInterpreter) -
     assert server.paths == ["/v1/responses"] * 3
     assert_valid_bodies(server.requests)
     for body in server.requests:
-        assert body["tools"] == tool_definitions("responses") and "tool_choice" not in body
+        assert body["tools"] == tool_definitions("responses", versions=interp.packages.runtime_versions())
+        assert "tool_choice" not in body
     # The conversation as input items: every function_call answered by its call_id, the traceback first.
     kinds = [i.get("type", i.get("role")) for i in result.messages]
     calls = ["function_call", "function_call_output"]

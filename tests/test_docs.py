@@ -96,6 +96,23 @@ def test_quickstart_test_command_is_what_ci_runs() -> None:
     assert "code-interpreter demo" in commands[0]
 
 
+def test_every_pip_install_of_this_project_works_from_a_clone() -> None:
+    """#25: `pip install 'code-interpreter[mcp]'` failed from a clone: the package is not on the index."""
+    import tomllib
+
+    text = README.read_text()
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    ours = re.findall(r"pip install ([^`\n]*)", text)
+    assert ours, "the README installs the project somewhere"
+    for command in ours:
+        for arg in command.split("&&")[0].split():
+            target = arg.strip("'\"")
+            assert not target.startswith("code-interpreter"), f"not on the package index: {command!r}"
+            if target.startswith(".["):
+                assert target[2:-1] in extras, f"{command!r}: no extra {target[2:-1]!r} in pyproject.toml"
+    assert "pip install '.[mcp]'" in text
+
+
 def test_every_python_block_parses() -> None:
     blocks = python_blocks()
     assert len(blocks) >= 3

@@ -51,6 +51,13 @@ def mcp_env(tmp_path: Path, mongo_uri: str, db_name: str, sandbox_runtime: Any) 
     return process_env(tmp_path / "server-home", mongo_uri, db_name, sandbox_runtime.root)
 
 
+def versions(env: dict[str, str]) -> dict[str, str] | None:
+    """The Python, pandas and numpy versions of the server's runtime: its tool description names them."""
+    from code_interpreter.packages import PackageManager
+
+    return PackageManager(Settings(runtime_dir=Path(env["CODE_INTERPRETER_RUNTIME_DIR"]))).runtime_versions()
+
+
 @pytest.fixture
 async def store(make_settings: Callable[..., Settings], tmp_path: Path) -> AsyncIterator[Any]:
     """A CodeInterpreter on the server's database, for uploading users' files (its sandbox never starts)."""
@@ -158,7 +165,7 @@ async def test_stdio_tool_state_errors_charts_files_and_refusals(
         canonical = load_schema(TOOL)
         assert [t.name for t in tools] == [TOOL]
         assert tools[0].input_schema == canonical["parameters"]
-        assert tools[0].description == describe_state(canonical, sessions=True)
+        assert tools[0].description == describe_state(canonical, sessions=True, versions=versions(mcp_env))
         assert "State persists between calls" in tools[0].description
 
         first = await run(
@@ -273,7 +280,9 @@ async def test_http_one_code_session_per_mcp_session(
     with http_server(mcp_env, log, "--user-id", "ana") as url:
         async with http_client(url, mode="legacy") as client:  # the handshake era: an MCP session
             tool = (await client.list_tools()).tools[0]
-            assert tool.description == describe_state(load_schema(TOOL), sessions=True)
+            assert tool.description == describe_state(
+                load_schema(TOOL), sessions=True, versions=versions(mcp_env)
+            )
             assert not (await run(client, "x = 7")).is_error
             kept = await run(client, "print(x * 6)")
             assert text_of(kept).splitlines()[2] == "42", text_of(kept)
@@ -296,7 +305,9 @@ async def test_http_one_code_session_per_mcp_session(
         async with http_client(url) as client:  # 2026-07-28: no session exists, and the tool says so
             assert client.protocol_version == "2026-07-28"
             tool = (await client.list_tools()).tools[0]
-            assert tool.description == describe_state(load_schema(TOOL), sessions=False)
+            assert tool.description == describe_state(
+                load_schema(TOOL), sessions=False, versions=versions(mcp_env)
+            )
             assert "Each call starts fresh" in tool.description
             assert not (await run(client, "y = 1")).is_error
             alone = await run(client, "print(y)")
@@ -452,7 +463,7 @@ def test_without_the_sdk_the_command_names_the_extra(mcp_env: dict[str, str]) ->
     proc = subprocess.run(
         [sys.executable, "-c", code], env=mcp_env, capture_output=True, text=True, timeout=60
     )
-    one_line_error(proc, 2, "pip install 'code-interpreter[mcp]'")
+    one_line_error(proc, 2, "pip install '.[mcp]' in the clone, or pip install 'mcp>=2.3,<3'")
 
 
 def test_importing_the_package_and_its_cli_does_not_import_the_sdk(mcp_env: dict[str, str]) -> None:

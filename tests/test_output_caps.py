@@ -1,8 +1,9 @@
 """Output caps through the real sandbox: a flood on stdout or stderr keeps its head and tail within the cap,
-and both the result and the text the model reads say it was truncated.
+and both the result and the text the model reads say exactly what was kept where.
 
-Regression: a cap on stderr fifty times too large went unnoticed (no test flooded stderr, and the
-truncation note was never checked).
+Regressions: a cap on stderr fifty times too large went unnoticed (no test flooded stderr, and the
+truncation note was never checked); after a 10 MB print the model read "the host has the full text"
+while the host kept 100,000 bytes (#25).
 """
 
 from __future__ import annotations
@@ -19,12 +20,24 @@ from code_interpreter import CodeInterpreter, ToolContext, ToolDispatcher
 from code_interpreter.settings import Settings
 
 CAP = 4000
-#: the marker between head and tail: "\n[… N bytes truncated …]\n"
-MARKER_ROOM = 64
+#: the marker between head and tail: "\n[… N bytes dropped here: only the first … were kept …]\n"
+MARKER_ROOM = 128
 #: 200 times the cap: a cap even 50 times too large still truncates, and still shows
 FLOOD = 200 * CAP
-RESULT_NOTE = f"output was longer than {CAP} bytes; head and tail kept"
-MODEL_NOTE = "the output was truncated (head and tail kept)"
+DROPPED = FLOOD + len("HEAD-OF-FLOOD\nTAIL-OF-FLOOD\n") - CAP  # every byte but the kept 2,000 + 2,000
+
+
+def result_note(stream: str) -> str:
+    """The result's note on a flooded stream: its size, what is kept, that the rest is gone."""
+    return (
+        f"{stream} was {DROPPED + CAP:,} bytes: only its first {CAP // 2:,} and last {CAP // 2:,} were kept "
+        f"(max_output_bytes); the {DROPPED:,} between are gone"
+    )
+
+
+KEPT = f"only the first {CAP // 2:,} and the last {CAP // 2:,} bytes were kept"
+MARKER = f"[… {DROPPED:,} bytes dropped here: {KEPT} …]"
+MODEL_NOTE = "print less, or summarise (head(), describe(), counts) instead of printing everything"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +75,7 @@ def assert_capped(text: str) -> None:
     """Within the cap (plus the marker), with the head, the tail and the marker saying how much went."""
     assert len(text.encode()) <= CAP + MARKER_ROOM, f"{len(text.encode())} bytes kept; the cap is {CAP}"
     assert text.startswith("HEAD-OF-FLOOD\n") and text.rstrip().endswith("TAIL-OF-FLOOD")
-    assert "bytes truncated" in text
+    assert MARKER in text
 
 
 def _uid() -> str:
@@ -77,7 +90,7 @@ async def test_a_flood_keeps_head_and_tail_within_the_cap(interp: CodeInterprete
     assert_capped(r[flooded])
     assert r[other] == ""
     assert r["truncated"] is True
-    assert RESULT_NOTE in r["notes"]
+    assert r["notes"] == [result_note(stream)]
 
 
 async def test_both_streams_flooded_at_once_are_each_capped(interp: CodeInterpreter) -> None:
@@ -87,6 +100,7 @@ async def test_both_streams_flooded_at_once_are_each_capped(interp: CodeInterpre
     assert_capped(r["output"])
     assert_capped(r["stderr"])
     assert r["truncated"] is True
+    assert r["notes"] == [result_note("stdout"), result_note("stderr")]
 
 
 async def test_the_traceback_after_a_stderr_flood_survives_in_the_error(interp: CodeInterpreter) -> None:
@@ -96,7 +110,7 @@ async def test_the_traceback_after_a_stderr_flood_survives_in_the_error(interp: 
     )
     assert not r["success"] and r["return_code"] == 1
     assert len(r["error"].encode()) <= CAP + MARKER_ROOM
-    assert r["error"].startswith("HEAD-OF-FLOOD") and "bytes truncated" in r["error"]
+    assert r["error"].startswith("HEAD-OF-FLOOD") and f"bytes dropped here: {KEPT} …]" in r["error"]
     assert r["error"].rstrip().endswith("ValueError: after the flood")
     assert r["truncated"] is True
 
@@ -106,7 +120,7 @@ async def test_output_within_the_cap_is_whole_and_not_marked(interp: CodeInterpr
     r = await interp.execute(f"import sys\nprint({text!r})\nprint({text!r}, file=sys.stderr)", user_id=_uid())
     assert r["success"], r["error"]
     assert r["output"] == text + "\n" and r["stderr"] == text + "\n"
-    assert r["truncated"] is False and RESULT_NOTE not in r["notes"]
+    assert r["truncated"] is False and r["notes"] == []
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
@@ -125,6 +139,7 @@ async def test_the_model_reads_a_capped_flood_and_the_truncation_note(
     # What the model reads: one capped stream, a few lines of status and notes around it.
     assert len(text.encode()) <= CAP + MARKER_ROOM + 600, f"the model reads {len(text.encode())} bytes"
     assert text.count("x" * 999) <= CAP // 1000 + 1
-    assert "HEAD-OF-FLOOD" in text and "TAIL-OF-FLOOD" in text and "bytes truncated" in text
+    assert "HEAD-OF-FLOOD" in text and "TAIL-OF-FLOOD" in text and MARKER in text
     assert ("Stderr:" in text) is (stream == "stderr")
-    assert MODEL_NOTE in text and RESULT_NOTE in text
+    assert MODEL_NOTE in text and result_note(stream) in text
+    assert "full text" not in text  # the model is never told that anyone has what the sandbox dropped

@@ -57,3 +57,17 @@ def test_clamp_timeout(asked: float | None, expected: float, noted: bool) -> Non
     value, note = Settings(home=Path("/x")).clamp_timeout(asked)
     assert value == expected
     assert (note is not None) == noted
+
+
+def test_every_path_setting_takes_a_str_and_expands_the_home(tmp_path: Path) -> None:
+    """Issue #25: ``Settings.from_env(runtime_dir="/some/dir")`` kept a str and a later ``/`` failed."""
+    paths = {"runtime_dir": str(tmp_path / "rt"), "pip_constraints": "~/c.txt", "prices_file": "p.json"}
+    s = Settings.from_env({}, home=str(tmp_path), **paths)
+    assert s.runtime_path / "python" == tmp_path / "rt" / "python"  # no TypeError
+    assert s.home == tmp_path and s.runtime_dir == tmp_path / "rt"
+    assert s.pip_constraints == Path.home() / "c.txt" and s.prices_file == Path("p.json")
+    assert Settings(home="~/ci-data").home == Path.home() / "ci-data"  # type: ignore[arg-type]
+    assert s.replace(runtime_dir=str(tmp_path / "other")).runtime_dir == tmp_path / "other"
+    assert Settings(home=tmp_path).runtime_dir is None  # None stays None
+    with pytest.raises(ConfigurationError, match="runtime_dir must be a path"):
+        Settings(home=tmp_path, runtime_dir=42)  # type: ignore[arg-type]

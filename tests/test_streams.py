@@ -13,7 +13,10 @@ def test_capped_keeps_head_and_tail_and_counts_the_rest() -> None:
     for chunk in (b"abc", b"defgh", b"ijklmnopqrstuvwxyz"):
         c.add(chunk)
     assert (bytes(c.head), bytes(c.tail), c.total, c.dropped) == (b"abcde", b"vwxyz", 26, 16)
-    assert c.text() == "abcde\n[… 16 bytes truncated …]\nvwxyz"
+    assert (
+        c.text()
+        == "abcde\n[… 16 bytes dropped here: only the first 5 and the last 5 bytes were kept …]\nvwxyz"
+    )
 
 
 def test_capped_under_the_cap_is_untouched() -> None:

@@ -168,3 +168,25 @@ async def test_the_agent_sends_the_bounded_text_and_estimates_exactly_that(
     assert result.requests[1].estimate.input_tokens == tokens.count_request_tokens(
         "gpt-4o", sent["messages"], sent["tools"]
     )
+
+
+def test_a_cut_that_swallows_the_sandboxs_marker_says_those_bytes_exist_nowhere() -> None:
+    """#25: after a 10 MB print the model read "the host has the full text"; the host had 100,000 bytes."""
+    from code_interpreter.executor._streams import Capped
+
+    printed = "".join(f"row {i:07d}\n" for i in range(800_000)).encode()  # 9.6 MB, as the sandbox keeps it
+    capped = Capped(100_000)
+    capped.add(printed)
+    result = {"success": True, "output": capped.text(), "error": "", "stderr": "", "truncated": True}
+    text = render_content("execute_python_code", result, max_tokens=300, model="gpt-4o")
+    [marker] = [line for line in text.splitlines() if line.startswith("… [")]
+    dropped = f"{len(printed) - 100_000:,}"
+    assert marker.endswith(
+        f"cut here; the application has them, but not the {dropped} bytes dropped in the sandbox] …"
+    )
+    assert "full text" not in text
+    plain = render_content(
+        "execute_python_code", {**result, "output": printed[:200_000].decode()}, max_tokens=300
+    )
+    [marker] = [line for line in plain.splitlines() if line.startswith("… [")]
+    assert marker.endswith("cut here; the application has them] …")

@@ -111,9 +111,9 @@ class Settings:
     max_code_bytes: int = MAX_CODE_BYTES
     """Largest accepted source code in bytes."""
     max_output_bytes: int = MAX_OUTPUT_BYTES
-    """Cap on captured stdout (and separately stderr) in bytes; the first and last halves are kept."""
+    """Bytes of stdout (and of stderr) a result keeps; past that, its first and last halves only."""
     max_tool_output_tokens: int = MAX_TOOL_OUTPUT_TOKENS
-    """Most tokens of output and errors the model reads per call (head and tail kept); the host gets all."""
+    """Most tokens of output and errors the model reads per call: the head and tail of the result's text."""
     max_generated_files: int = 20
     """Most generated files returned per execution."""
     max_generated_bytes: int = 50 * 2**20
@@ -269,8 +269,10 @@ class Settings:
             v = getattr(self, f.name)
             if choices and v not in choices:
                 raise ConfigurationError(f"{f.name}={v!r}: choose one of {', '.join(map(repr, choices))}")
-            if v is not None and _base(hints[f.name]) is Path and not isinstance(v, Path):
-                object.__setattr__(self, f.name, Path(v).expanduser())
+        for name in _path_fields(type(self)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _as_path(name, value))
         # The older spellings of "off" (the seed's -1, and 0) are read as the one spelling, None.
         for name in _OFF_SPELLINGS:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
@@ -343,14 +345,6 @@ def parse_size(raw: str) -> int:
     return int(float(number) * _SIZE_UNITS[unit])
 
 
-def _base(tp: Any) -> Any:
-    """The type inside ``X | None``."""
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tp
-    return tp
-
-
 _HINTS: dict[type, dict[str, Any]] = {}
 
 
@@ -359,6 +353,25 @@ def _hints(cls: type) -> dict[str, Any]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
+
+
+_PATH_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _path_fields(cls: type) -> tuple[str, ...]:
+    """Fields typed ``Path`` or ``Path | None``: each also takes a str (``~`` expanded), as from_env does."""
+    if cls not in _PATH_FIELDS:
+        hints = _hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        _PATH_FIELDS[cls] = tuple(n for n in names if Path in (hints[n], *typing.get_args(hints[n])))
+    return _PATH_FIELDS[cls]
+
+
+def _as_path(name: str, value: object) -> Path:
+    """``value`` as a Path with ``~`` expanded; a ConfigurationError for anything that is not a path."""
+    if isinstance(value, str | os.PathLike):
+        return Path(value).expanduser()
+    raise ConfigurationError(f"{name} must be a path (a str or a pathlib.Path), got {type(value).__name__}")
 
 
 def _redact_uri(uri: str) -> str:

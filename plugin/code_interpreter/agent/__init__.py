@@ -84,7 +84,7 @@ async def run_agent(
         interpreter: the CodeInterpreter to use; default the dispatcher's, else the module default.
         dispatcher: a ToolDispatcher (default: one over ``interpreter``).
         tools: tool definitions to send (default ``tool_definitions(api)``, whose description says that
-            state persists when ``context.session_id`` is set).
+            state persists when ``context.session_id`` is set, and names the runtime's versions).
         max_output_tokens: sent as ``max_completion_tokens`` (Responses: ``max_output_tokens``) and
             used in the estimate.
         request_options: extra keyword arguments for the create call (temperature, reasoning …).
@@ -114,7 +114,10 @@ async def run_agent(
     interp = dispatcher.interp
     await interp.start()
     policy = retry or AgentRetry()
-    tools = tools if tools is not None else wire.tools(sessions=context.session_id is not None)
+    if tools is None:
+        tools = wire.tools(
+            sessions=context.session_id is not None, versions=interp.packages.runtime_versions()
+        )
     history = [_as_message(m) for m in messages]
     records: list[RequestRecord] = []
     results: list[ToolResult] = []

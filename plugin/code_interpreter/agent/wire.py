@@ -12,7 +12,7 @@ whose ``output`` carries the images for a vision model as ``input_image`` parts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -48,8 +48,11 @@ class Wire(Protocol):
 
     api: Api
 
-    def tools(self, sessions: bool = False) -> list[dict[str, Any]]:
-        """The default tool definitions for this API (their description says whether state persists)."""
+    def tools(
+        self, sessions: bool = False, versions: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The default tool definitions for this API (their description says whether state persists and
+        which Python, pandas and numpy versions the code runs on)."""
         ...
 
     def request(
@@ -102,9 +105,11 @@ class ChatWire:
 
     api: Api = "chat"
 
-    def tools(self, sessions: bool = False) -> list[dict[str, Any]]:
+    def tools(
+        self, sessions: bool = False, versions: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """Tools in the Chat Completions shape."""
-        return tool_definitions("chat", sessions=sessions)
+        return tool_definitions("chat", sessions=sessions, versions=versions)
 
     def request(
         self,
@@ -149,9 +154,11 @@ class ResponsesWire:
 
     api: Api = "responses"
 
-    def tools(self, sessions: bool = False) -> list[dict[str, Any]]:
+    def tools(
+        self, sessions: bool = False, versions: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         """Tools in the Responses shape (flat function definitions)."""
-        return tool_definitions("responses", sessions=sessions)
+        return tool_definitions("responses", sessions=sessions, versions=versions)
 
     def request(
         self,

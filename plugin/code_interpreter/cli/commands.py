@@ -11,14 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import CodeInterpreterError
 from ..settings import Settings
+from .output import LivePrinter, exit_code, isolation_note, rest_of
 from .util import StderrProgress, UsageProblem, estimate_line, for_cli, read_local, sample, save_files
-
-if TYPE_CHECKING:
-    from ..executor import ExecutionEvent
 
 __all__ = [
     "DEFAULT_USER",
@@ -95,6 +93,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings, progress: Stder
     user = user_of(args)
     async with interpreter(settings, progress) as interp:
         print(f"Database: {storage_place(settings)}", flush=True)
+        print(f"Sandbox: {interp.isolation[0]} isolation ({interp.isolation[1]})", flush=True)
         up = await interp.files.upload_file(user, sample("sales.csv"), "sales.csv")
         if not up.get("success"):
             raise CodeInterpreterError(f"uploading the sample failed: {up.get('error')}")
@@ -132,7 +131,8 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings, progress: Stder
         print(f"\n--- tool result for the model ({time.perf_counter() - started:.1f} s) ---")
         print(result.content)
         messages.append(result.message)
-        estimate = await interp.token_counter.estimate(args.model, messages, tools=tool_definitions("chat"))
+        tools = tool_definitions("chat", versions=interp.packages.runtime_versions())
+        estimate = await interp.token_counter.estimate(args.model, messages, tools=tools)
         print(f"\n--- token estimate for the next request ({args.model}) ---")
         print(estimate_line(estimate))
         saved = save_files(result.generated_files, out_dir)
@@ -147,23 +147,6 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings, progress: Stder
 
 
 # -- run ----------------------------------------------------------------------------------------------
-class _LivePrinter:
-    """Prints the script's output as the sandbox produces it (and remembers what it printed)."""
-
-    def __init__(self, progress: StderrProgress) -> None:
-        self.progress = progress
-        self.streamed = {"stdout": "", "stderr": ""}
-
-    def __call__(self, event: ExecutionEvent) -> None:
-        if event.kind not in self.streamed:
-            return
-        self.progress.done()
-        stream = sys.stdout if event.kind == "stdout" else sys.stderr
-        stream.write(event.text)
-        stream.flush()
-        self.streamed[event.kind] += event.text
-
-
 async def cmd_run(args: argparse.Namespace, settings: Settings, progress: StderrProgress) -> int:
     """Execute a script with data files (local paths or stored file ids) and save what it generates."""
     from ..files.cache import FILE_ID_RE
@@ -181,10 +164,16 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
         elif FILE_ID_RE.fullmatch(item):
             stored.append(item)
         else:
-            await read_local(path)  # raises the usage problem naming the path
+            raise UsageProblem(
+                f"--file {item}: no such local file, and not the id of a stored file either (ids look like "
+                f"user_<user>_<time>_<hex>; `{PROG} files list --user-id {user}` shows {user!r}'s)"
+            )
     async with interpreter(settings, progress) as interp:
         ids: list[str] = []
         uploaded: list[str] = []
+        # --no-store removes what this run added, never a file the user had (an upload of the same
+        # name and bytes, or an output identical to an earlier one, is that file).
+        had = {f["file_id"] for f in await interp.files.list_user_files(user)} if args.no_store else set()
         for file_id in stored:
             meta = await interp.files.get_file(file_id, user)
             if meta is None:
@@ -200,8 +189,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
                 raise CodeInterpreterError(f"uploading {path} failed: {for_cli(str(up.get('error')))}")
             ids.append(up["file_id"])
             uploaded.append(up["file_id"])
-            _tell(up["filename"], up["file_id"])
-        live = _LivePrinter(progress)
+            _tell(up["filename"], up["file_id"], bool(up.get("deduplicated")))
+        live = LivePrinter(progress.done)
         result = await interp.execute(
             code,
             user_id=user,
@@ -211,17 +200,14 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
             on_event=live,
         )
         progress.done()
+        isolation = interp.isolation
         outputs = [g["file_id"] for g in result.get("generated_files") or () if g.get("file_id")]
-        if args.no_store:
-            for file_id in [*uploaded, *outputs]:
-                await interp.files.delete_user_file(file_id, user)
-    if result.get("output") and not live.streamed["stdout"]:
-        sys.stdout.write(result["output"] if result["output"].endswith("\n") else result["output"] + "\n")
-    error = str(result.get("error") or "")
-    if error and error.strip() not in live.streamed["stderr"]:  # a traceback already shown as it came
-        sys.stderr.write(for_cli(error).rstrip("\n") + "\n")
+        for file_id in sorted({*uploaded, *outputs} - had) if args.no_store else ():
+            await interp.files.delete_user_file(file_id, user)
+    _finish_streams(live, result)
     for note in result.get("notes") or ():
         print(f"note: {for_cli(str(note))}", file=sys.stderr)
+    print(f"note: {isolation_note(result, isolation)}", file=sys.stderr)
     for path in save_files(result.get("generated_files") or [], args.output):
         print(f"saved {path}", file=sys.stderr)
     if (uploaded or outputs) and not args.no_store:
@@ -232,11 +218,31 @@ async def cmd_run(args: argparse.Namespace, settings: Settings, progress: Stderr
             "--no-store keeps nothing",
             file=sys.stderr,
         )
-    return 0 if result.get("success") else 1
+    return exit_code(result)
 
 
-def _tell(name: str, file_id: str) -> None:
-    print(f"# {name}: open({name!r}) in the working directory, or load_file({file_id!r})", file=sys.stderr)
+def _finish_streams(live: LivePrinter, result: dict[str, Any]) -> None:
+    """Print what the terminal has not shown of stdout and stderr, then the error if it is news."""
+    out = rest_of(live.streamed["stdout"], str(result.get("output") or ""))
+    if out:
+        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+        sys.stdout.flush()
+    kept_err = str(result.get("stderr") or "")
+    err = rest_of(live.streamed["stderr"], kept_err)
+    if err:
+        sys.stderr.write(err if err.endswith("\n") else err + "\n")
+    error = str(result.get("error") or "").strip()
+    # A traceback is the script's stderr, already shown as it came (and its tail just now).
+    if error and error != kept_err.strip() and error not in live.streamed["stderr"]:
+        sys.stderr.write(for_cli(error) + "\n")
+
+
+def _tell(name: str, file_id: str, same: bool = False) -> None:
+    again = " (stored before: the same name and bytes, kept longer now)" if same else ""
+    print(
+        f"# {name}: open({name!r}) in the working directory, or load_file({file_id!r}){again}",
+        file=sys.stderr,
+    )
 
 
 # -- files, cleanup, status -------------------------------------------------------------------------------

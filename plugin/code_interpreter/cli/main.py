@@ -48,6 +48,13 @@ how the script sees its files:
   the reader from the file type), and in the FILES dict {file_id: path}. A --file that is not a
   local path is taken as the id of a file stored for --user-id (see `code-interpreter files list`).
 
+what it prints:
+  the script's output as it comes (up to CODE_INTERPRETER_MAX_OUTPUT_BYTES, 100,000 bytes, per
+  stream); past that, a marker saying how many bytes were not shown and the end of the output (the
+  result keeps the first and last 50,000 bytes). Then notes on stderr, the sandbox's isolation mode
+  among them. The exit code is the script's own (SystemExit(3) exits 3), 1 for any other failure
+  (an exception, a timeout, a refused import), 2 for a usage problem.
+
 what is kept:
   the inputs it uploads and the files the script writes are stored like any user's files: for
   CODE_INTERPRETER_FILE_EXPIRATION_HOURS (48 h by default) under --user-id ('cli' by default),
@@ -186,6 +193,12 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         "--file", type=Path, action="append", default=[], metavar="DATA", help="a data file (repeatable)"
     )
     c.add_argument("--max-rounds", type=int, default=8, help="most model requests per prompt (8)")
+    c.add_argument(
+        "--session-id",
+        default=None,
+        metavar="ID",
+        help="continue a saved conversation (its messages and variables): the id an earlier chat showed",
+    )
     _output_option(c, "generated files")
     _user_option(c)
     add_mcp_parser(sub)

@@ -33,7 +33,8 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "add_parser", "cmd_mcp"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-INSTALL_HINT = "pip install 'code-interpreter[mcp]'"
+# The package is installed from a clone (it is not on the index): name the extra's own requirement too.
+INSTALL_HINT = "pip install '.[mcp]' in the clone, or pip install 'mcp>=2.3,<3'"
 
 
 def add_parser(sub: Any) -> None:

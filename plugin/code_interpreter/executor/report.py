@@ -38,6 +38,15 @@ def relative_name(name: object) -> str:
     return "/".join(safe_filename(p) for p in parts) or "file"
 
 
+def dropped_note(stream: str, dropped: int, cap: int) -> str:
+    """What a result says of a stream over the cap: how big it was, what was kept, that the rest is gone."""
+    head = cap // 2
+    return (
+        f"{stream} was {dropped + cap:,} bytes: only its first {head:,} and last {cap - head:,} were kept "
+        f"(max_output_bytes); the {dropped:,} between are gone"
+    )
+
+
 def _fmt_seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -112,8 +121,10 @@ def from_report(
     rc = rc if isinstance(rc, int) and not isinstance(rc, bool) else -1
     notes = outcome.notes + [str(n) for n in header.get("notes", [])]
     truncated = bool(header.get("stdout_dropped") or header.get("stderr_dropped"))
-    if truncated:
-        notes.append(f"output was longer than {outcome.max_output_bytes} bytes; head and tail kept")
+    for name in ("stdout", "stderr"):
+        dropped = int(header.get(f"{name}_dropped") or 0)
+        if dropped:
+            notes.append(dropped_note(name, dropped, outcome.max_output_bytes))
     if header.get("dropped_events"):
         notes.append(f"{header['dropped_events']} live output event(s) were dropped (the host lagged)")
     error, error_type = _error(header, outcome, stderr, rc)

@@ -110,11 +110,11 @@ class ExecutionResult:
     success: bool
     """True when the code ran to completion with exit code 0."""
     output: str
-    """Captured stdout (capped; head and tail kept)."""
+    """Captured stdout: whole up to max_output_bytes, else its first and last halves around a marker."""
     error: str | None
     """Traceback (user line numbers), timeout or sandbox message; None on success ("" in ``to_dict``)."""
     stderr: str
-    """Captured stderr (capped; head and tail kept)."""
+    """Captured stderr, capped as ``output`` is."""
     execution_time: float
     """Wall-clock seconds of the execution (excluding time queued)."""
     return_code: int

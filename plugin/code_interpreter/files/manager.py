@@ -2,7 +2,8 @@
 
 Data model. ``user_files`` holds one document per file with the seed's fields (``file_id``,
 ``user_id``, ``filename``, ``file_path``, ``file_size``, ``file_type``, ``uploaded_at``,
-``expires_at``) plus ``sha256`` and ``content_type``. ``user_id`` is always stored as a *string*
+``expires_at``) plus ``sha256``, ``content_type`` and ``content_key`` (same user, name and bytes: the
+same file, see :mod:`.dedup`). ``user_id`` is always stored as a *string*
 (Discord ids are ints; ``1`` and ``"1"`` are the same user). ``file_path`` is
 ``gridfs://<bucket>/<file_id>``: the bytes live in that GridFS bucket under ``_id = file_id`` —
 ``file_blobs_<YYYYMMDDHH>`` for the UTC hour of ``expires_at``, or the legacy ``file_blobs`` for
@@ -35,7 +36,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pymongo import WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
@@ -45,10 +45,12 @@ from ..storage.retry import RetryContext, RetryPolicy, context_for, with_retries
 from . import cache
 from .blobs import CODEC, BlobTooLarge
 from .buckets import LEGACY_BUCKET, Buckets, blob_path, bucket_for, bucket_of
+from .dedup import Dedup, blob_source, bytes_source, content_key, sha256_of
 from .deletion import delete_where, expire_buckets
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
-from .quota import StoredItem, mb, plan_room
+from .quota import StoredItem, plan_room
+from .records import is_visible, journaled, mb, public, to_ms, too_large, uid_of, valid_id
 from .session_store import SessionStore
 from .snapshots import SnapshotStore
 
@@ -60,6 +62,7 @@ T = TypeVar("T")
 COLLECTION = "user_files"
 BUCKET = LEGACY_BUCKET  # the legacy bucket; files that expire use one bucket per hour (see .buckets)
 CLEANUP_BATCH = 1000
+DEDUP_ATTEMPTS = 3  # a duplicate changing under an upload (moved, deleted, expired) is looked at again
 RECONCILE_GRACE_S = 3600.0  # an upload still streaming has a blob without metadata for this long at most
 
 
@@ -87,7 +90,7 @@ class FileManager:
         # The metadata insert is the upload's acknowledgement: make it journaled. The journal is
         # sequential, so this also makes the blob's earlier chunk writes durable (one fsync per upload;
         # without it SecantusDB loses the last acknowledged writes on kill -9).
-        self._meta_ack = self.meta.with_options(write_concern=_journaled(self.meta.write_concern))
+        self._meta_ack = self.meta.with_options(write_concern=journaled(self.meta.write_concern))
         self.buckets = Buckets(db, self._retry)
         """The GridFS buckets of file bytes (one per hour of expiry, and the legacy one)."""
         self.blobs = self.buckets.store(BUCKET)
@@ -98,6 +101,7 @@ class FileManager:
         """Sessions' ownership leases and saved snapshots (same database, quota and expiry rules)."""
         self.snapshots = SnapshotStore(self.session_store)
         """Saved sessions as today's session manager uses them (save, load, delete)."""
+        self._dedup = Dedup(self.meta, self._meta_ack, self.buckets, self._retry, self._visible)
         self.cache_dir = settings.home / "cache"
         self.cleanup_batch = max(1, cleanup_batch)
         self._indexed = False
@@ -111,6 +115,7 @@ class FileManager:
         )
         await self._retry(lambda: self.meta.create_index("file_id", unique=True), "create index")
         await self._retry(lambda: self.meta.create_index("expires_at"), "create index")
+        await self._dedup.ensure_index()
         await self.buckets.for_writing(BUCKET)
         await self.session_store.ensure_indexes()
         self._indexed = True
@@ -125,47 +130,69 @@ class FileManager:
     ) -> dict[str, Any]:
         """Store a file for a user; the size cap is enforced while reading a stream.
 
+        The same bytes under the same name, uploaded again by the same user while the first copy is
+        kept, are that copy (see :mod:`.dedup`): its ``file_id`` comes back with the expiry refreshed
+        and ``deduplicated`` True, and the quota counts it once.
+
         Returns the seed's dicts: ``{"success": True, "file_id", "filename", "file_size", "file_type",
-        "content_type", "sha256", "uploaded_at", "expires_at"}``, or ``{"success": False, "error"}``
-        for a file over the size cap or the user's quota.
+        "content_type", "sha256", "uploaded_at", "expires_at", "deduplicated"}``, or
+        ``{"success": False, "error"}`` for a file over the size cap or the user's quota.
 
         Raises:
             StorageUnavailable: MongoDB stayed unreachable; no file was kept.
             TypeError: ``file_data`` is neither bytes nor an async iterable of bytes.
         """
-        uid = _uid(user_id)
+        uid = uid_of(user_id)
         name = safe_filename(filename)
         limit = self.settings.max_file_size
         known: int | None = None
         if isinstance(file_data, bytes | bytearray | memoryview):
             known = len(file_data)
             if known > limit:
-                return _too_large(limit)
+                return too_large(limit)
         elif not hasattr(file_data, "__aiter__"):
             raise TypeError(
                 f"file_data must be bytes or an async iterable of bytes, not {type(file_data).__name__}"
             )
         if not self._indexed:
             await self.ensure_indexes()
+        if isinstance(file_data, bytes | bytearray | memoryview):
+            data = file_data
+            same = await self._same_file(
+                content_key(uid, name, await sha256_of(data)), partial(bytes_source, data)
+            )
+            if same is not None:
+                return same
         refusal = await self._make_room(uid, known or 0)
         if refusal:
             return {"success": False, "error": refusal}
+        return await self._store_new(uid, name, file_data, file_type, known)
+
+    async def _store_new(
+        self,
+        uid: str,
+        name: str,
+        file_data: bytes | AsyncIterable[bytes],
+        file_type: str | None,
+        known: int | None,
+    ) -> dict[str, Any]:
         now = self._now()
         file_id = f"user_{safe_id_part(uid)}_{int(now.timestamp())}_{secrets.token_hex(5)}"
-        ttl = self.settings.file_ttl_seconds
-        expires_at = _ms(now + timedelta(seconds=ttl)) if ttl is not None else None
+        expires_at = self._expiry(now)
         bucket = bucket_for(expires_at)
         blobs = await self.buckets.for_writing(bucket)
         try:
-            blob = await blobs.write(file_id, file_data, limit, name, {"user_id": uid})
+            blob = await blobs.write(file_id, file_data, self.settings.max_file_size, name, {"user_id": uid})
         except BlobTooLarge:
-            return _too_large(limit)
+            return too_large(self.settings.max_file_size)
+        key = content_key(uid, name, blob.sha256)
         try:
-            if known is None:  # a stream: its size is known only now
-                refusal = await self._make_room(uid, blob.size)
-                if refusal:
+            if known is None:  # a stream: its content, and so its duplicate, and its size are known only now
+                same = await self._same_file(key, partial(blob_source, blobs, file_id))
+                refusal = None if same is not None else await self._make_room(uid, blob.size)
+                if same is not None or refusal:
                     await blobs.discard([file_id])
-                    return {"success": False, "error": refusal}
+                    return same or {"success": False, "error": refusal}
             ftype = detect_file_type(name, blob.head, file_type, blob.tail)
             doc = {
                 "file_id": file_id,
@@ -178,26 +205,57 @@ class FileManager:
                 "sha256": blob.sha256,
                 "uploaded_at": now,
                 "expires_at": expires_at,
+                "content_key": key,
             }
-            await self._retry(lambda: self._insert_meta(doc), f"save {name}")
+            for _ in range(DEDUP_ATTEMPTS):
+                if await self._retry(lambda: self._insert_meta(doc), f"save {name}"):
+                    return {"success": True, **public(doc), "deduplicated": False}
+                # The same file was stored meanwhile (another process): that one it is.
+                same = await self._same_file(key, partial(blob_source, blobs, file_id))
+                if same is not None:
+                    await blobs.discard([file_id])
+                    return same
+                await self._dedup.release_expired(key, self._now())  # an expired copy held the key
         except BaseException:
             await blobs.discard([file_id])  # no blob without metadata survives a failed upload
             raise
-        return {"success": True, **_public(doc)}
+        await blobs.discard([file_id])
+        raise FileStoreError(
+            f"{name} was stored and deleted by others while this upload ran; upload it again"
+        )
+
+    async def _same_file(
+        self, key: str, source: Callable[[], Awaitable[bytes | AsyncIterable[bytes]]]
+    ) -> dict[str, Any] | None:
+        """The user's unexpired file with this name and content, its expiry refreshed; None if none."""
+        for _ in range(DEDUP_ATTEMPTS):
+            doc = await self._dedup.find(key, self._now())
+            if doc is None:
+                return None
+            fresh = await self._dedup.refresh(
+                doc, source, self._expiry(self._now()), self.settings.max_file_size
+            )
+            if fresh is not None:
+                return {"success": True, **public(fresh), "deduplicated": True}
+        return None
+
+    def _expiry(self, now: datetime) -> datetime | None:
+        ttl = self.settings.file_ttl_seconds
+        return to_ms(now + timedelta(seconds=ttl)) if ttl is not None else None
 
     # -- queries ---------------------------------------------------------------
     async def list_user_files(self, user_id: int | str) -> list[dict[str, Any]]:
         """The user's unexpired files, newest first."""
-        query = self._visible({"user_id": _uid(user_id)})
+        query = self._visible({"user_id": uid_of(user_id)})
         docs = await self._retry(
             lambda: self.meta.find(query).sort([("uploaded_at", -1), ("_id", -1)]).to_list(None), "list files"
         )
-        return [_public(d) for d in docs]
+        return [public(d) for d in docs]
 
     async def get_file(self, file_id: str, user_id: int | str) -> dict[str, Any] | None:
         """The file's metadata; None if unknown, expired or another user's (indistinguishable on purpose)."""
         doc = await self._find_visible(file_id, user_id)
-        return _public(doc) if doc else None
+        return public(doc) if doc else None
 
     async def read_file(self, file_id: str, user_id: int | str) -> bytes | None:
         """The file's bytes (sha256-checked), or None on the same terms as get_file."""
@@ -255,9 +313,9 @@ class FileManager:
     # -- deletion --------------------------------------------------------------
     async def delete_user_file(self, file_id: str, user_id: int | str) -> bool:
         """Delete the owner's file (metadata, GridFS bytes, cache copy); False if not theirs or not found."""
-        if not _valid_id(file_id):
+        if not valid_id(file_id):
             return False
-        uid = _uid(user_id)
+        uid = uid_of(user_id)
         doc = await self._retry(lambda: self.meta.find_one({"file_id": file_id, "user_id": uid}), "find file")
         if doc is None:
             return False
@@ -267,11 +325,11 @@ class FileManager:
         await self.buckets.delete([doc])
         await cache.remove(self.cache_dir, [file_id])
         # An expired file is gone for its owner too: deleting it is tidy, but it was not "found".
-        return _is_visible(doc, self._now())
+        return is_visible(doc, self._now())
 
     async def delete_all_user_files(self, user_id: int | str) -> int:
         """Delete every file of a user (expired ones too); returns how many."""
-        uid = _uid(user_id)
+        uid = uid_of(user_id)
         return await self._delete_where({"user_id": uid})
 
     async def cleanup_expired_files(self) -> int:
@@ -344,27 +402,31 @@ class FileManager:
         now = self._clock()
         if now.tzinfo is None:
             raise ValueError("the clock must return timezone-aware datetimes (UTC)")
-        return _ms(now.astimezone(UTC))
+        return to_ms(now.astimezone(UTC))
 
     def _visible(self, query: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
         now = now or self._now()
         return {**query, "$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
 
     async def _find_visible(self, file_id: str, user_id: int | str) -> dict[str, Any] | None:
-        if not _valid_id(file_id):
+        if not valid_id(file_id):
             return None
-        query = self._visible({"file_id": file_id, "user_id": _uid(user_id)})
+        query = self._visible({"file_id": file_id, "user_id": uid_of(user_id)})
         doc: dict[str, Any] | None = await self._retry(lambda: self.meta.find_one(query), "find file")
         return doc
 
-    async def _insert_meta(self, doc: dict[str, Any]) -> None:
+    async def _insert_meta(self, doc: dict[str, Any]) -> bool:
+        """Insert the metadata; False when another file holds its ``content_key`` (the same file)."""
         try:
             await self._meta_ack.insert_one(dict(doc))
         except DuplicateKeyError:
             # A retry whose first try landed (its reply was lost) finds its own document.
             existing = await self.meta.find_one({"file_id": doc["file_id"]})
+            if existing is None and "content_key" in doc:
+                return False
             if existing is None or existing.get("sha256") != doc["sha256"]:
                 raise
+        return True
 
     async def _make_room(self, uid: str, incoming: int) -> str | None:
         """None if the upload fits the user's quota (evicting oldest items if so configured), else why not.
@@ -448,49 +510,3 @@ def _by_bucket(blobs: list[tuple[str, str]]) -> dict[str, list[str]]:
     for bucket, blob_id in blobs:
         out.setdefault(bucket, []).append(blob_id)
     return out
-
-
-def _journaled(wc: WriteConcern) -> WriteConcern:
-    doc = dict(wc.document)
-    if doc.get("w") == 0:
-        return wc  # the operator asked for unacknowledged writes; journaling cannot apply
-    return WriteConcern(w=doc.get("w"), wtimeout=doc.get("wtimeout"), j=True, fsync=doc.get("fsync"))
-
-
-def _uid(user_id: int | str) -> str:
-    if isinstance(user_id, bool) or not isinstance(user_id, int | str):
-        raise TypeError(f"user_id must be an int or a str, not {type(user_id).__name__}")
-    uid = str(user_id).strip()
-    if not uid:
-        raise FileStoreError("user_id must not be empty")
-    return uid
-
-
-def _valid_id(file_id: object) -> bool:
-    return isinstance(file_id, str) and cache.FILE_ID_RE.fullmatch(file_id) is not None
-
-
-def _ms(dt: datetime) -> datetime:
-    """Truncate to milliseconds: BSON datetimes hold no more, so what we return equals what we store."""
-    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
-
-
-def _is_visible(doc: dict[str, Any], now: datetime) -> bool:
-    exp = doc.get("expires_at")
-    return exp is None or exp > now
-
-
-def _iso(dt: datetime | None) -> str | None:
-    return dt.astimezone(UTC).isoformat() if dt is not None else None
-
-
-def _public(doc: dict[str, Any]) -> dict[str, Any]:
-    keys = ("file_id", "user_id", "filename", "file_path", "file_size", "file_type", "content_type", "sha256")
-    out = {k: doc.get(k) for k in keys}
-    out["uploaded_at"] = _iso(doc.get("uploaded_at"))
-    out["expires_at"] = _iso(doc.get("expires_at"))
-    return out
-
-
-def _too_large(limit: int) -> dict[str, Any]:
-    return {"success": False, "error": f"File too large. Maximum size is {mb(limit)}"}

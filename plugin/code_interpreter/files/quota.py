@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 
 from ..errors import QuotaExceeded
 from ..settings import Settings
+from .records import mb
 
 __all__ = [
     "ItemSource",
@@ -179,8 +180,3 @@ async def room_for_snapshot(
     if victims and files is not None:
         await files.evict_items(user_id, victims)
     await sessions.evict_items(user_id, [v.key for v in plan.victims if v.kind == "session"])
-
-
-def mb(n: int) -> str:
-    """Bytes for a message: ``12MB`` from a megabyte up, else ``512 bytes``."""
-    return f"{n / 2**20:.0f}MB" if n >= 2**20 else f"{n} bytes"

@@ -52,7 +52,8 @@ from .leases import (
     stored_at,
 )
 from .names import safe_id_part
-from .quota import ItemSource, StoredItem, mb, room_for_snapshot
+from .quota import ItemSource, StoredItem, room_for_snapshot
+from .records import mb
 
 __all__ = ["SNAPSHOT_BUCKET", "SNAPSHOT_COLLECTION", "SessionStore", "blob_prefix"]
 

@@ -147,7 +147,8 @@ def make_tools(
         context: who the user is and what they may do (from the host, never from the model).
         dispatcher: reuse a ToolDispatcher (default: a new one over ``interp``).
     """
-    description = describe_state(_definition(), sessions=context.session_id is not None)
+    versions = interp.packages.runtime_versions()
+    description = describe_state(_definition(), sessions=context.session_id is not None, versions=versions)
     tool = CodeInterpreterTool(
         interp=interp,
         context=context,

@@ -5,7 +5,12 @@ shipped list (``data/approved_packages.json``) carries a ``dependencies`` key, c
 resolver (``pip install --dry-run --report``, wheels only, metadata only) by a maintainer::
 
     python -m code_interpreter.packages.closure --write            # refresh the shipped list
+    python -m code_interpreter.packages.closure --write faker      # approve faker and what it brings
     python -m code_interpreter.packages.closure scikit-learn xgboost   # print the closure of your own
+
+``--write`` without names resolves every approved package again and replaces ``dependencies`` (versions
+drift: read the diff); with names it adds them to ``packages`` and their closure to ``dependencies``,
+leaving the rest as it is.
 
 An operator who sets ``approved_packages`` may add the printed names to that list.
 """
@@ -54,19 +59,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the closure of NAMES, or (``--write``) refresh the shipped list's ``dependencies``."""
     parser = argparse.ArgumentParser(prog="python -m code_interpreter.packages.closure", description=__doc__)
     parser.add_argument("names", nargs="*", help="packages to resolve (default: the shipped approved list)")
-    parser.add_argument("--write", action="store_true", help="write the shipped list's dependencies key")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write the list: NAMES added with their closure, or all resolved again",
+    )
+    parser.add_argument("--data", type=Path, help="the list to read and write (default: the shipped one)")
     args = parser.parse_args(argv)
-    data_file = resources.files("code_interpreter").joinpath("data/approved_packages.json")
+    data_file = args.data or Path(
+        str(resources.files("code_interpreter").joinpath("data/approved_packages.json"))
+    )
     data = json.loads(data_file.read_text())
     names = args.names or data["packages"]
     closure = dependency_closure(names)
+    if args.write and args.names:  # add these; keep what the list already approves
+        data["packages"] = sorted({*data["packages"], *(canonicalize(n) for n in args.names)})
     approved = {canonicalize(n) for n in data["packages"]}
-    extra = sorted({dep for deps in closure.values() for dep in deps} - approved - NEVER)
+    found = {dep for deps in closure.values() for dep in deps}
+    if args.write and args.names:
+        found |= set(data.get("dependencies", []))
+    extra = sorted(found - approved - NEVER)
     if args.write:
         data["dependencies"] = extra
         data.pop("baseline_dependencies", None)
-        Path(str(data_file)).write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {len(extra)} dependencies to {data_file}")
+        data_file.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {len(data['packages'])} packages and {len(extra)} dependencies to {data_file}")
     else:
         for name, deps in sorted(closure.items()):
             print(f"{name}: {', '.join(deps) or '(none)'}")

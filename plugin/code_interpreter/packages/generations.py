@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -60,6 +61,8 @@ __all__ = [
     "swap_current",
 ]
 
+log = logging.getLogger(__name__)
+
 VENV_TIMEOUT_S = 120.0
 # Libraries under these prefixes are part of the base system the sandbox mount view always provides.
 _SYSTEM_PREFIXES = ("/usr/", "/lib/", "/lib64/", "/lib32/", "/libx32/", "/etc/")
@@ -106,6 +109,7 @@ async def ensure_runtime(settings: Settings, *, progress: ProgressCallback | Non
             missing = [p for p in settings.runtime_packages if not _baseline_present(rt, settings, only=p)]
             if missing:
                 # The operator added baseline packages: install them into the current generation.
+                _say_slow(f"installing {', '.join(missing)} into the sandbox runtime {rt.path}", progress)
                 await pip_install(rt, missing, settings=settings, progress=progress)
                 _mark_complete(rt, settings.runtime_packages)
             return rt
@@ -135,6 +139,8 @@ async def build_generation(
     gen = root / f"{GEN_PREFIX}{max_generation(root) + 1}"
     base = base_interpreter(settings)
     wanted = list(settings.runtime_packages if packages is None else packages)
+    what = f"creating the sandbox runtime in {gen} ({', '.join(wanted) or 'no baseline packages'})"
+    _say_slow(what, progress)
     try:
         report(f"creating the sandbox runtime in {gen}", 0.0)
         await run_command(
@@ -158,6 +164,21 @@ async def build_generation(
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, gen, True)
         raise
+
+
+def _say_slow(what: str, progress: ProgressCallback | None) -> None:
+    """Say that a step of a minute or so starts, also to an app that configured no logging.
+
+    Without a progress callback (a bot's first call from Python) nothing else shows why the call is
+    silent: a WARNING reaches stderr through logging's last-resort handler when no handler is set up.
+    """
+    level = logging.INFO if progress is not None else logging.WARNING
+    log.log(
+        level,
+        "code_interpreter: %s; this takes about a minute (pip downloads and installs wheels), once per "
+        "runtime directory; later calls start in seconds (pass progress= to CodeInterpreter to follow it)",
+        what,
+    )
 
 
 def swap_current(root: Path, gen: Path) -> None:

@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,12 @@ from typing import Any
 from ..errors import PackageInstallError, PackageNotApproved
 from ..settings import Settings
 from . import generations
-from .approval import Approval, clip, name_problem
+from .approval import Approval, name_problem
 from .fsutil import ProgressCallback
 from .imports import ImportScan, canonicalize, import_candidates, import_map, scan_imports
 from .locks import async_lock, root_lock
 from .pip import pip_install
+from .plan import InstallPlan, plan_installs
 from .record import PackageRecord
 from .runtime import Runtime, current_generation, runtime_for
 
@@ -145,6 +146,19 @@ class PackageManager:
         """Top-level modules importable in the runtime: stdlib, site-packages and provided modules."""
         return self._scan_site(runtime or self.runtime)[0] | self.provided_modules
 
+    def runtime_versions(self) -> dict[str, str] | None:
+        """``{"python", "pandas", "numpy"}`` versions of the runtime as installed (None before it exists).
+
+        What the tool description tells the model it writes for; a package not installed is left out.
+        """
+        rt = self.runtime
+        if not rt.exists():
+            return None
+        dists = self.installed_distributions(rt)
+        out = {"python": str(rt.info().get("full_version") or rt.version)}
+        out.update((name, dists[name]) for name in ("pandas", "numpy") if dists.get(name))
+        return out
+
     def installed_distributions(self, runtime: Runtime | None = None) -> dict[str, str]:
         """Canonical distribution name → version of everything in the runtime's site-packages."""
         return dict(self._scan_site(runtime or self.runtime)[1])
@@ -191,6 +205,9 @@ class PackageManager:
     ) -> PrepareResult:
         """Install what ``code`` imports and the runtime lacks (approved only, one pip run) before it runs.
 
+        What may not be installed is decided first, from names and the runtime's listing, without any
+        lock: a refusal returns at once, never waiting behind another caller's install or build.
+
         Args:
             code: the Python source about to run.
             install_packages: extra distributions the tool call asked for (same approval).
@@ -202,78 +219,92 @@ class PackageManager:
         Raises:
             PackageInstallError: a required approved package could not be installed.
         """
+        requested, refused = self._requested(install_packages)
+        planned = self.runtime
+        modules, plan = self._plan(planned, code, requested, refused)
+        if plan.refused:
+            return _refusal(plan)
         rt = await self.ensure_runtime(progress)
-        refused: list[tuple[str, str]] = []
+        if rt.path != planned.path:  # built or swapped meanwhile: what is missing may differ there
+            modules, plan = self._plan(rt, code, requested, refused)
+            if plan.refused:
+                return _refusal(plan)
+        installed: list[str] = []
+        notes: list[str] = []
+        missing = list(plan.optional_missing)
+        if plan.work:
+            installed, notes, missing = await self._install_planned(plan, progress)
+        self._touch(modules)
+        return PrepareResult(
+            installed=tuple(installed),
+            optional_missing=tuple(sorted(set(missing))),
+            notes=tuple(notes),
+        )
+
+    def _requested(self, names: Sequence[str] | None) -> tuple[list[str], list[tuple[str, str]]]:
+        """(approved canonical names, (name, reason) refusals) of the distributions a call asked for."""
         requested: list[str] = []
-        for name in install_packages or ():
+        refused: list[tuple[str, str]] = []
+        for name in names or ():
             ok, reason = self.approval.check(name)
             if ok:
                 requested.append(canonicalize(name))
             else:
                 refused.append((str(name), reason))
+        return requested, refused
+
+    def _plan(
+        self, rt: Runtime, code: str, requested: Sequence[str], refused: Sequence[tuple[str, str]]
+    ) -> tuple[tuple[str, ...], InstallPlan]:
+        """(the modules ``code`` imports, what to install and refuse) against ``rt`` as it is now."""
         # The quick pass (no syntax tree) answers the common case: every candidate is installed.
         candidates = import_candidates(code)
         if candidates is not None and not self._needs_work(rt, candidates, requested):
-            self._touch(candidates)
-            return PrepareResult(refused=tuple(refused))
+            return tuple(candidates), InstallPlan(refused=tuple(refused))
         scan = scan_imports(code)
         if not self._needs_work(rt, scan.modules, requested):
-            self._touch(scan.modules)
-            return PrepareResult(refused=tuple(refused))
+            return scan.modules, InstallPlan(refused=tuple(refused))
+        approval = self.approval
+        if not rt.is_complete():  # the first build brings the baseline, whatever the approved list says
+            approval = Approval([*approval.approved, *self.settings.runtime_packages])
+        plan = plan_installs(
+            scan,
+            requested,
+            refused,
+            available=self.available_modules(rt),
+            installed=self.installed_distributions(rt),
+            approval=approval,
+            distribution_for=self.distribution_for_import,
+        )
+        return scan.modules, plan
+
+    async def _install_planned(
+        self, plan: InstallPlan, progress: ProgressCallback | None
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Install what ``plan`` still lacks, under the runtime's lock: (installed, notes, still missing)."""
         # One install at a time per runtime root: a second caller needing the same package waits,
-        # then finds it installed (recomputed below) and starts no pip run of its own.
-        async with async_lock(rt.root / "<prepare>"):
+        # then finds it installed (checked again here) and starts no pip run of its own.
+        async with async_lock(self.runtime.root / "<prepare>"):
             rt = self.runtime
             available = self.available_modules(rt)
             have = self.installed_distributions(rt)
-            required: dict[str, list[str]] = {}
-            optional: dict[str, list[str]] = {}
-            optional_missing: list[str] = []
-            for module in scan.required:
-                if module in available:
-                    continue
-                dist = self.distribution_for_import(module)
-                ok, reason = self.approval.check(dist) if dist else (False, "not an installable module")
-                if ok and dist is not None:
-                    required.setdefault(dist, []).append(module)
-                else:
-                    line = scan.line_of(module)
-                    where = f" (line {line})" if line else ""
-                    named = clip(repr(module))
-                    refused.append((module, f"module {named}{where} is not installed and {reason}"))
-            for module in scan.optional:
-                if module in available:
-                    continue
-                dist = self.distribution_for_import(module)
-                if dist is not None and self.approval.check(dist)[0]:
-                    optional.setdefault(dist, []).append(module)
-                else:
-                    optional_missing.append(module)
-            for dist in requested:
-                if dist not in have:
-                    required.setdefault(dist, [])
-            if refused:
-                # The code cannot run as written; installing the rest now would be wasted work.
-                return PrepareResult(
-                    refused=tuple(refused),
-                    optional_missing=tuple(optional_missing),
-                    notes=("nothing was installed because a required package was refused",),
-                )
+            required = {
+                d: mods
+                for d, mods in plan.required.items()
+                if any(m not in available for m in mods) or (not mods and d not in have)
+            }
+            optional = {d: mods for d, mods in plan.optional.items() if any(m not in available for m in mods)}
             installed, notes = await self._install_required_and_optional(rt, required, optional, progress)
-            for dist, modules in optional.items():
-                if dist not in installed:
-                    optional_missing.extend(modules)
+            missing = list(plan.optional_missing)
+            missing += [m for d, mods in optional.items() if d not in installed for m in mods]
             available = self.available_modules(rt)
             for dist, modules in required.items():
-                for module in modules:
-                    if module not in available:
-                        notes.append(f"{dist} was installed but provides no module {module!r}")
-        self._touch(scan.modules)
-        return PrepareResult(
-            installed=tuple(installed),
-            optional_missing=tuple(sorted(set(optional_missing))),
-            notes=tuple(notes),
-        )
+                notes += [
+                    f"{dist} was installed but provides no module {m!r}"
+                    for m in modules
+                    if m not in available
+                ]
+        return installed, notes, missing
 
     def _needs_work(self, rt: Runtime, modules: Iterable[str], requested: Sequence[str]) -> bool:
         available = self.available_modules(rt)
@@ -285,8 +316,8 @@ class PackageManager:
     async def _install_required_and_optional(
         self,
         rt: Runtime,
-        required: dict[str, list[str]],
-        optional: dict[str, list[str]],
+        required: Mapping[str, Sequence[str]],
+        optional: Mapping[str, Sequence[str]],
         progress: ProgressCallback | None,
     ) -> tuple[list[str], list[str]]:
         notes: list[str] = []
@@ -430,6 +461,12 @@ class PackageManager:
                     await result
             except Exception:  # one failing hook must not stop the others or the swap
                 log.exception("on_swap hook %r failed", hook)
+
+
+def _refusal(plan: InstallPlan) -> PrepareResult:
+    """The result for code that cannot run as written (nothing installed: it would be wasted work)."""
+    notes = ("nothing was installed because a required package was refused",) if plan.work else ()
+    return PrepareResult(refused=plan.refused, optional_missing=plan.optional_missing, notes=notes)
 
 
 def _iso(ts: float) -> str:

@@ -49,11 +49,12 @@ class Capped:
         return self.total - len(self.head) - len(self.tail)
 
     def text(self) -> str:
-        """Head, a marker when bytes were dropped, tail."""
+        """Head, a marker saying how many bytes were dropped (and that they are kept nowhere), tail."""
         head = bytes(self.head).decode("utf-8", "replace")
         tail = bytes(self.tail).decode("utf-8", "replace")
         if self.dropped:
-            return f"{head}\n[… {self.dropped} bytes truncated …]\n{tail}"
+            kept = f"only the first {len(self.head):,} and the last {len(self.tail):,} bytes were kept"
+            return f"{head}\n[… {self.dropped:,} bytes dropped here: {kept} …]\n{tail}"
         return head + tail
 
 

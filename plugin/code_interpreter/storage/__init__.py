@@ -13,11 +13,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 
 from ..errors import ConfigurationError, StorageUnavailable
 from ..settings import Settings
 from .embedded import EmbeddedServer, ServerRecord
 from .retry import RetryContext, RetryPolicy, register_context, server_name, with_retries
+from .uris import hosts_of, invalid_uri, unresolvable_srv
 
 __all__ = ["EmbeddedServer", "RetryPolicy", "ServerRecord", "Storage", "StorageUnavailable", "with_retries"]
 
@@ -85,16 +87,25 @@ class Storage:
         return self._db
 
     async def ping(self) -> None:
-        """Check the server answers; StorageUnavailable naming it after bounded retries."""
+        """Check the server answers; StorageUnavailable naming it after bounded retries.
+
+        Raises:
+            StorageUnavailable: no answer; or a ``mongodb+srv://`` URI whose DNS records do not resolve.
+            ConfigurationError: the URI's options (or the SRV record's) are not valid.
+        """
         db = self.db
         ctx = self._context(self._server(), self._recover if self._embedded else None)
-        await with_retries(
-            lambda: db.command("ping"),
-            what="ping",
-            policy=ctx.policy,
-            server=ctx.server or "MongoDB",
-            on_retry=ctx.on_retry,
-        )
+        try:
+            await with_retries(
+                lambda: db.command("ping"),
+                what="ping",
+                policy=ctx.policy,
+                server=ctx.server or "MongoDB",
+                on_retry=ctx.on_retry,
+            )
+        except PyMongoConfigurationError as exc:  # the first contact is where an SRV URI is resolved
+            uri = self.settings.mongodb_uri if self._handler_db is None else None
+            raise _configuration_problem(uri or "", exc) from exc
 
     async def close(self) -> None:
         """Close the client this object opened and leave the embedded server (it stops once unused)."""
@@ -113,7 +124,7 @@ class Storage:
             out["address"] = server_name(self._handler_db.client)
             out["database"] = self._handler_db.name
         elif self.settings.mongodb_uri:
-            out["address"] = _uri_hosts(self.settings.mongodb_uri)
+            out["address"] = hosts_of(self.settings.mongodb_uri)
             out["database"] = self.settings.database
         else:
             rec = self._embedded.record if self._embedded else None
@@ -156,9 +167,7 @@ class Storage:
         try:
             return AsyncMongoClient(uri, **opts)
         except Exception as exc:  # pymongo.errors.ConfigurationError, InvalidURI, ValueError
-            raise ConfigurationError(
-                f"MONGODB_URI {_uri_hosts(uri)!r} is invalid: {exc}; use mongodb://host:port/ or mongodb+srv://…"
-            ) from exc
+            raise ConfigurationError(invalid_uri(uri, exc)) from exc
 
 
 def unwrap_handler(handler: Any) -> AsyncDatabase[Any]:
@@ -171,8 +180,11 @@ def unwrap_handler(handler: Any) -> AsyncDatabase[Any]:
     return db
 
 
-def _uri_hosts(uri: str) -> str:
-    """Host list of a URI without scheme, credentials, path or options."""
-    rest = uri.split("://", 1)[-1]
-    rest = rest.rsplit("@", 1)[-1]
-    return rest.split("/", 1)[0].split("?", 1)[0]
+def _configuration_problem(uri: str, exc: PyMongoConfigurationError) -> Exception:
+    """Our error for pymongo's ConfigurationError at the first contact (credentials never shown)."""
+    resolving = "dns" in str(exc).lower() or "resolution" in str(exc).lower()
+    if uri.startswith("mongodb+srv://") and resolving:
+        return StorageUnavailable(unresolvable_srv(uri, exc))
+    if uri:
+        return ConfigurationError(invalid_uri(uri, exc))
+    return ConfigurationError(f"the caller's MongoDB client is misconfigured: {exc}")

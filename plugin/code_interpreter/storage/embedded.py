@@ -6,6 +6,12 @@ Layout under ``settings.home / "db"``::
     server.lock      fcntl lock + JSON {"pid", "port", "storage_path", "started_at", "watchdog_pid"}
     users.lock       a shared flock held by every process using the server
     server.log       the server's (and its watchdog's) output
+    secantusd.toml   its (empty) configuration: every setting is on its command line
+
+The server runs with this directory as its working directory and its ``HOME``, and with an explicit
+``--config``: SecantusDB otherwise looks for a configuration in ``./``, ``~/.secantus`` and
+``/etc/secantus``, and a home it may not read (``HOME=/root`` inherited by another uid) stopped it
+at start. A start that fails says why, from the server's own last words in ``server.log``.
 
 Lifecycle. A process that uses the server first takes a shared ``flock`` on ``users.lock`` and
 holds it until it closes its storage; the kernel drops it when the process dies, kill -9
@@ -42,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageUnavailable
+from ._diagnosis import last_words, remedy, unusable_dir
 
 __all__ = ["EmbeddedServer", "ServerRecord"]
 
@@ -51,6 +58,8 @@ LOCK_TIMEOUT_S = 90.0
 IDLE_S = 3.0
 STOP_WAIT_S = 30.0
 WATCHDOG = Path(__file__).with_name("_watchdog.py")
+CONFIG_NAME = "secantusd.toml"
+CONFIG_TEXT = "# The embedded server of code_interpreter: every setting is on its command line.\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,7 @@ class EmbeddedServer:
     def __init__(
         self, root: Path, *, start_timeout_s: float = START_TIMEOUT_S, idle_s: float = IDLE_S
     ) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # the server runs in it: no path may be relative
         self.data_dir = self.root / "data"
         self.lock_path = self.root / "server.lock"
         self.users_path = self.root / "users.lock"
@@ -109,7 +118,18 @@ class EmbeddedServer:
         return self._started is not None and self._started == self._record
 
     async def ensure(self) -> ServerRecord:
-        """Join the server's users, then return it: the recorded one if alive, else one started now."""
+        """Join the server's users, then return it: the recorded one if alive, else one started now.
+
+        Raises:
+            StorageUnavailable: the data directory is not usable, or the server did not start (the
+                message says why and what to do).
+        """
+        try:
+            return await self._ensure()
+        except OSError as exc:  # the data dir: not creatable, not writable, full
+            raise StorageUnavailable(unusable_dir(self.root, exc)) from exc
+
+    async def _ensure(self) -> ServerRecord:
         async with self._mutex:
             await self._join()
             starting = "while starting the embedded server"
@@ -187,12 +207,17 @@ class EmbeddedServer:
 
     async def _start(self, port: int | None) -> ServerRecord:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.root / CONFIG_NAME
+        if not config.is_file():
+            config.write_text(CONFIG_TEXT)
         if port is None or _port_open(port) or not _port_free(port):
             port = _free_port()
         server_cmd = [
             sys.executable,
             "-m",
             "secantus",
+            "--config",
+            str(config),
             "--host",
             HOST,
             "--port",
@@ -206,17 +231,16 @@ class EmbeddedServer:
             "--standalone",
         ]
         cmd = [sys.executable, "-I", str(WATCHDOG), str(self.root), repr(self.idle_s), "--", *server_cmd]
-        pids = await asyncio.to_thread(_launch, cmd, self.log_path, self.start_timeout_s)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        pids = await asyncio.to_thread(_launch, cmd, self.root, self.log_path, self.start_timeout_s)
         server_pid, watchdog_pid = pids
         deadline = time.monotonic() + self.start_timeout_s
         while not _port_open(port):
-            if not _pid_running(server_pid) or time.monotonic() > deadline:
+            exited = not _pid_running(server_pid)
+            if exited or time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(watchdog_pid, signal.SIGTERM)  # it stops the server it started
-                raise StorageUnavailable(
-                    f"the embedded SecantusDB server did not start on {HOST}:{port}; see {self.log_path}, "
-                    "or set MONGODB_URI to use a real MongoDB"
-                )
+                raise StorageUnavailable(self._start_failure(port, exited, log_start))
             await asyncio.sleep(0.05)
         return ServerRecord(
             pid=server_pid,
@@ -226,13 +250,36 @@ class EmbeddedServer:
             watchdog_pid=watchdog_pid,
         )
 
+    def _start_failure(self, port: int, exited: bool, log_start: int) -> str:
+        """Why the server did not start, from what it wrote to the log since ``log_start``, and the fix."""
+        head = f"the embedded SecantusDB server (data in {self.data_dir}) did not start on {HOST}:{port}"
+        if not exited:
+            return (
+                f"{head}: it did not accept connections within {self.start_timeout_s:.0f} s (a slow or "
+                f"overloaded machine?); see {self.log_path}, try again, or set MONGODB_URI to use MongoDB"
+            )
+        last = last_words(self.log_path, log_start)
+        said = f": it exited saying {last!r}" if last else ": it exited without a word"
+        return f"{head}{said}; {remedy(last, self.root)}; its log is {self.log_path}"
 
-def _launch(cmd: list[str], log_path: Path, timeout_s: float) -> tuple[int, int]:
-    """Start the watchdog (which starts the server); (server pid, watchdog pid) from its handshake."""
+
+def _launch(cmd: list[str], root: Path, log_path: Path, timeout_s: float) -> tuple[int, int]:
+    """Start the watchdog (which starts the server); (server pid, watchdog pid) from its handshake.
+
+    Both run in ``root`` with ``HOME=root``: the caller's working directory and home may be anything
+    (unreadable to this uid, or holding another server's configuration).
+    """
+    env = {**os.environ, "HOME": str(root)}
     with open(log_path, "ab") as log:
         # Own session: a Ctrl-C aimed at this process must not reach a server others may share.
         launcher = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=root,
+            env=env,
         )
     assert launcher.stdout is not None
     with launcher.stdout:

@@ -16,6 +16,7 @@ import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .hints import hint_for
 from .trim import fit_streams
 
 __all__ = [
@@ -131,15 +132,17 @@ def render_content(
             mime = f.get("mime") or f.get("type") or "file"
             lines.append(f"- {f.get('filename')} ({mime}, {_size(int(f.get('size') or 0))}; {ref})")
     notes = [n for n in result.get("notes") or () if n]
-    if result.get("truncated"):
-        notes.append("the output was truncated (head and tail kept): print less, or summarise the data first")
     cut = sum(c.cut_tokens for c in cuts)
     if cut:
+        lines_cut = sum(c.cut_lines for c in cuts)
         notes.append(
-            f"to fit {max_tokens:,} tokens, {cut:,} tokens ({sum(c.cut_lines for c in cuts):,} lines) were "
-            "cut from the middle of what you see (marked …); print less, or summarise (head(), describe(), "
-            "counts) instead of printing everything"
+            f"to fit {max_tokens:,} tokens, {cut:,} tokens ({lines_cut:,} lines) were cut (marked …)"
         )
+    if cut or result.get("truncated"):
+        notes.append("print less, or summarise (head(), describe(), counts) instead of printing everything")
+    hint = hint_for(str(result.get("error") or "")) if not ok else None
+    if hint:
+        notes.append(f"this code looks {hint}")
     if notes:
         lines.append("Notes:")
         lines += [f"- {n}" for n in notes]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ __all__ = [
     "EXECUTE_TOOL",
     "SCHEMA_NAMES",
     "describe_state",
+    "describe_versions",
     "load_schema",
     "nullable_optionals",
     "tool_definitions",
@@ -51,17 +53,20 @@ def load_schema(name: str = EXECUTE_TOOL) -> dict[str, Any]:
     return copy.deepcopy(_load(name))
 
 
-def tool_definitions(api: Api = "chat", *, sessions: bool = False) -> list[dict[str, Any]]:
+def tool_definitions(
+    api: Api = "chat", *, sessions: bool = False, versions: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Render the tools for the OpenAI Chat Completions (``"chat"``) or Responses (``"responses"``) API.
 
     ``sessions=True`` when the host runs the calls of a conversation in one session
     (``ToolContext.session_id``): the description then tells the model that state persists.
+    ``versions`` (``{"python", "pandas", "numpy"}``, as ``PackageManager.runtime_versions()`` gives
+    them) are named in the description; without them it says "current releases".
     """
     out: list[dict[str, Any]] = []
     for name in SCHEMA_NAMES:
         d = load_schema(name)
-        if sessions:
-            d["description"] = describe_state(d, sessions=True)
+        d["description"] = describe_state(d, sessions=sessions, versions=versions)
         if api == "chat":
             out.append(
                 {
@@ -89,14 +94,43 @@ def tool_definitions(api: Api = "chat", *, sessions: bool = False) -> list[dict[
     return out
 
 
-def describe_state(definition: dict[str, Any], *, sessions: bool) -> str:
-    """The tool's description with the truth about state in this mode (one-shot or session)."""
+def describe_state(
+    definition: dict[str, Any], *, sessions: bool, versions: Mapping[str, str] | None = None
+) -> str:
+    """The tool's description with the truth about state in this mode (one-shot or session), and the
+    Python, pandas and numpy versions the code runs on (``versions``; "current releases" without them)."""
     notes = definition.get("state_notes") or {}
     one_shot, session = notes.get("one_shot", ""), notes.get("session", "")
     text = str(definition["description"])
     if sessions and one_shot and session:
-        return text.replace(one_shot, session)
-    return text
+        text = text.replace(one_shot, session)
+    line = describe_versions(definition, versions)
+    return f"{text}\n{line}" if line else text
+
+
+def describe_versions(definition: dict[str, Any], versions: Mapping[str, str] | None) -> str:
+    """The description's line on versions: the runtime's, and the removals code for older ones trips on."""
+    notes = definition.get("version_notes") or {}
+    if not notes:
+        return ""
+    named = [f"{label} {versions[key]}" for key, label in _VERSIONED if versions and versions.get(key)]
+    if named:
+        listed = named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+        line = str(notes["known"]).format(versions=listed)
+    else:
+        line = str(notes["unknown"])
+    removals = [str(notes[key]) for key in ("pandas", "numpy") if key in notes and _major(versions, key) >= 2]
+    return f"{line} {'; '.join(removals)}." if removals else line
+
+
+_VERSIONED = (("python", "Python"), ("pandas", "pandas"), ("numpy", "numpy"))
+
+
+def _major(versions: Mapping[str, str] | None, key: str) -> int:
+    """The major version of ``key`` in ``versions``; unknown counts as current (2 or later)."""
+    text = (versions or {}).get(key) or ""
+    head = text.split(".", 1)[0]
+    return int(head) if head.isdigit() else 2
 
 
 def nullable_optionals(parameters: dict[str, Any]) -> set[str]:

@@ -5,7 +5,8 @@ The executor already caps each captured stream in *bytes* (``max_output_bytes``,
 so the text it reads is cut further to ``Settings.max_tool_output_tokens`` tokens of the model's own
 tokenizer: the streams share the budget fairly (a short traceback is never cut to make room for a
 flood of prints), each over-long stream keeps its head and tail, and a marker in its middle says how
-many tokens and lines were cut. The host still gets everything in ``ToolResult.result``.
+many tokens and lines were cut. The host still gets the whole captured text in ``ToolResult.result`` (what
+the sandbox kept: past ``max_output_bytes`` a stream's middle is dropped there, and the marker says so).
 
 Small outputs cost nothing: a token is at least one byte, so text whose UTF-8 size is within the
 budget is never tokenized.
@@ -13,6 +14,7 @@ budget is never tokenized.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ import tiktoken
 from ..tokens import encoding_for_model, ensure_offline_cache
 
 __all__ = ["DEFAULT_ENCODING", "Cut", "encoding_for", "fit_streams"]
+
+# The sandbox's marker where it dropped the middle of a stream over max_output_bytes (executor/_streams.py).
+_DROPPED = re.compile(r"\[… ([\d,]+) bytes dropped here: [^\n]*?…\]")
 
 DEFAULT_ENCODING = "o200k_base"
 """The tokenizer of every OpenAI chat model since gpt-4o: used when the model is unknown or not given."""
@@ -112,7 +117,11 @@ def _cut(enc: tiktoken.Encoding, text: str, tokens: list[int], allowed: int) -> 
     cut_tokens = len(enc.encode_ordinary(middle))
     lines = middle.count("\n")
     what = f"{cut_tokens:,} tokens ({lines:,} lines)" if lines else f"{cut_tokens:,} tokens of one line"
-    marker = f"… [{what} cut here; the host has the full text] …"
+    marker = f"… [{what} cut here; the application has them"
+    lost = _DROPPED.search(middle)
+    if lost:  # the sandbox's own marker went with the middle: say that those bytes exist nowhere
+        marker += f", but not the {lost.group(1)} bytes dropped in the sandbox"
+    marker += "] …"
     before = "" if not head or head.endswith("\n") else "\n"
     after = "\n" if tail else ""
     return Cut(f"{head}{before}{marker}{after}{tail}", cut_tokens, lines, kept, len(head), len(tail))

@@ -1,7 +1,7 @@
 """An MCP server on the official ``mcp`` SDK: ``code-interpreter mcp`` (stdio) or ``--http``.
 
-Needs the optional extra: ``pip install 'code-interpreter[mcp]'``; nothing else in the package
-imports this one.
+Needs the optional extra: ``pip install '.[mcp]'`` in the clone (or ``pip install 'mcp>=2.3,<3'``);
+nothing else in the package imports this one.
 
 - :mod:`.server` — the tool (the canonical schema, through the dispatcher) and the files as resources;
 - :mod:`.progress` — a cell's live output as progress notifications;

@@ -195,7 +195,9 @@ class _Handlers:
         tool = types.Tool(
             name=d["name"],
             title="Run Python code",
-            description=describe_state(d, sessions=caller.session_id is not None),
+            description=describe_state(
+                d, sessions=caller.session_id is not None, versions=self.interp.packages.runtime_versions()
+            ),
             input_schema=d["parameters"],
             annotations=types.ToolAnnotations(
                 title="Run Python code",
