@@ -172,7 +172,7 @@ async def test_the_agent_sends_the_bounded_text_and_estimates_exactly_that(
 
 def test_a_cut_that_swallows_the_sandboxs_marker_says_those_bytes_exist_nowhere() -> None:
     """#25: after a 10 MB print the model read "the host has the full text"; the host had 100,000 bytes."""
-    from code_interpreter.executor._streams import Capped
+    from code_interpreter.runtime.streams import Capped
 
     printed = "".join(f"row {i:07d}\n" for i in range(800_000)).encode()  # 9.6 MB, as the sandbox keeps it
     capped = Capped(100_000)

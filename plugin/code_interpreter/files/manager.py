@@ -49,8 +49,8 @@ from .dedup import Dedup, blob_source, bytes_source, content_key, sha256_of
 from .deletion import delete_where, expire_buckets
 from .names import content_type_for, detect_file_type, safe_filename, safe_id_part
 from .orphans import find_orphans
-from .quota import StoredItem, plan_room
-from .records import is_visible, journaled, mb, public, to_ms, too_large, uid_of, valid_id
+from .quota import StoredItem, room_for_upload
+from .records import is_visible, journaled, public, to_ms, too_large, uid_of, valid_id
 from .session_store import SessionStore
 from .snapshots import SnapshotStore
 
@@ -429,30 +429,8 @@ class FileManager:
         return True
 
     async def _make_room(self, uid: str, incoming: int) -> str | None:
-        """None if the upload fits the user's quota (evicting oldest items if so configured), else why not.
-
-        The bytes of the user's saved sessions count with their files (see :mod:`.quota`).
-        """
-        s = self.settings
-        if incoming > s.max_bytes_per_user:
-            return f"File exceeds your storage quota of {mb(s.max_bytes_per_user)}"
-        items = await self.quota_items(uid) + await self.session_store.quota_items(uid)
-        limits = {"max_files": s.max_files_per_user, "max_bytes": s.max_bytes_per_user}
-        plan = plan_room(items, incoming_bytes=incoming, incoming_files=1, **limits)
-        if plan.fits:
-            return None
-        if s.quota_policy == "refuse" or not plan.can_fit:
-            what = "files or saved sessions" if plan.usage.sessions else "files"
-            return (
-                f"Storage quota reached ({plan.usage.describe()}; the limit is {s.max_files_per_user} "
-                f"files and {mb(s.max_bytes_per_user)}): delete some {what} first or wait for them to expire"
-            )
-        files = [v.key for v in plan.victims if v.kind == "file"]
-        sessions = [v.key for v in plan.victims if v.kind == "session"]
-        await self.evict_items(uid, files)
-        await self.session_store.evict_items(uid, sessions)
-        log.info("quota: evicted %d file(s), %d saved session(s) of user %s", len(files), len(sessions), uid)
-        return None
+        """None if an upload fits the quota (evicting if so configured), else why not (:mod:`.quota`)."""
+        return await room_for_upload(self.settings, uid, incoming, files=self, sessions=self.session_store)
 
     async def quota_items(self, user_id: str) -> list[StoredItem]:
         """The user's unexpired files as the quota counts them (for the session store, too)."""

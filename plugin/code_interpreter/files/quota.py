@@ -180,3 +180,31 @@ async def room_for_snapshot(
     if victims and files is not None:
         await files.evict_items(user_id, victims)
     await sessions.evict_items(user_id, [v.key for v in plan.victims if v.kind == "session"])
+
+
+async def room_for_upload(
+    settings: Settings, uid: str, incoming: int, *, files: ItemSource, sessions: ItemSource
+) -> str | None:
+    """None if an upload of ``incoming`` bytes fits the user's quota (evicting their oldest files and saved
+    sessions when ``quota_policy`` is ``evict``), else why not: files and saved sessions count together."""
+    s = settings
+    if incoming > s.max_bytes_per_user:
+        return f"File exceeds your storage quota of {mb(s.max_bytes_per_user)}"
+    items = await files.quota_items(uid) + await sessions.quota_items(uid)
+    limits = {"max_files": s.max_files_per_user, "max_bytes": s.max_bytes_per_user}
+    plan = plan_room(items, incoming_bytes=incoming, incoming_files=1, **limits)
+    if plan.fits:
+        return None
+    if s.quota_policy == "refuse" or not plan.can_fit:
+        what = "files or saved sessions" if plan.usage.sessions else "files"
+        return (
+            f"Storage quota reached ({plan.usage.describe()}; the limit is {s.max_files_per_user} "
+            f"files and {mb(s.max_bytes_per_user)}): delete some {what} first or wait for them to expire"
+        )
+    evicted_files = [v.key for v in plan.victims if v.kind == "file"]
+    evicted_sessions = [v.key for v in plan.victims if v.kind == "session"]
+    await files.evict_items(uid, evicted_files)
+    await sessions.evict_items(uid, evicted_sessions)
+    log.info("quota: evicted %d file(s), %d saved session(s) of user %s", len(evicted_files),
+             len(evicted_sessions), uid)  # fmt: skip
+    return None

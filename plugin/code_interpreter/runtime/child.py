@@ -96,7 +96,9 @@ def _setup(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: in
         sandbox.limits.rlimits_for(
             # The hard CPU limit covers a whole session; each cell lowers the soft limit to its own budget.
             cpu_seconds=max(int(cfg.max_timeout), cfg.session_cpu_s) + CPU_SLACK_S,
-            max_write_bytes=cfg.work_bytes,
+            # A file cannot outgrow its tmpfs anyway; this backstop sits just past it, so a full work dir
+            # says "No space left on device" (what the code can act on) rather than "File too large".
+            max_write_bytes=cfg.work_bytes + 2**20,
             max_open_files=cfg.max_open_files,
             # RLIMIT_NPROC counts every process of the uid system-wide: with a pids cgroup per
             # execution it is only a backstop sized for all slots at once.
