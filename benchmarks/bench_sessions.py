@@ -228,7 +228,7 @@ async def _save_restore(interp: CodeInterpreter, fid: str, quick: bool) -> Table
         sid = f"save-{uuid.uuid4().hex[:6]}"
         _ok(await interp.execute(LOAD.format(csv=f"FILES[{fid!r}]"), "bench", [fid], session_id=sid))
         save.append(await _timed(lambda sid=sid: interp.sessions.close("bench", sid)))
-        doc = await interp.files.snapshots.find("bench", sid)
+        doc = await interp.files.session_store.find("bench", sid)
         size = (doc or {}).get("size", 0) / 2**20
         t = time.perf_counter()
         r = _ok(await interp.execute("print(len(df))", "bench", session_id=sid))

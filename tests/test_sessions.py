@@ -190,7 +190,10 @@ async def test_close_saves_and_the_next_call_restores(interp: CodeInterpreter) -
     )
     _ok(await interp.execute(code, user, session_id=sid))
     assert await interp.sessions.close(user, sid) is True
-    assert await interp.sessions.list(user) == []
+    # Issue #23: list shows saved sessions too (it showed live ones only).
+    assert [(s["id"], s["state"], s["host"]) for s in await interp.sessions.list(user)] == [
+        (sid, "saved", None)
+    ]
     r = _ok(
         await interp.execute(
             "rate = 10\nprint(scaled(2), p.x, df.a.sum(), np.pi > 3, open('kept.txt').read())",
@@ -198,7 +201,7 @@ async def test_close_saves_and_the_next_call_restores(interp: CodeInterpreter) -
             session_id=sid,
         )
     )
-    assert r["session"] == {"id": sid, "state": "restored", "cell": 1}
+    assert r["session"] == {"id": sid, "state": "restored", "cell": 2}  # issue #23: the count continues
     assert r["output"] == "20 5 6 True file\n"  # the restored function reads the session's globals
     notes = " ".join(r["notes"])
     assert "not saved: fh" in notes and "not saved: gen" in notes and "not saved: lock" in notes
@@ -228,12 +231,16 @@ async def test_idle_expiry_and_lru_eviction_save_the_session(
         _ok(
             await interp.execute("b = 'second'", user, session_id="two")
         )  # the user's cap is 1: "one" is evicted
-        assert [s["id"] for s in await interp.sessions.list(user)] == ["two"]
+        listed = [(s["id"], s["state"]) for s in await interp.sessions.list(user)]
+        assert listed == [("one", "saved"), ("two", "live")]
         back = _ok(await interp.execute("print(a)", user, session_id="one"))
         assert back["session"]["state"] == "restored" and back["output"] == "first\n"
         now[0] += 5 * 60 + 1
         assert await interp.sessions.expire_idle() == 1
-        assert await interp.sessions.list(user) == []
+        assert [(s["id"], s["state"]) for s in await interp.sessions.list(user)] == [
+            ("one", "saved"),
+            ("two", "saved"),
+        ]
         again = _ok(await interp.execute("print(a)", user, session_id="one"))
         assert again["session"]["state"] == "restored" and again["output"] == "first\n"
     finally:
@@ -258,7 +265,7 @@ async def test_a_second_host_sharing_the_database_continues_the_session(
         assert r["session"]["state"] == "restored" and r["output"] == "45 x\n"
         # another user cannot load it, nor learn that it exists: same session id, a plain new session
         stranger_id = _uid()
-        assert await other.files.snapshots.find(stranger_id, sid) is None
+        assert await other.files.session_store.find(stranger_id, sid) is None
         stranger = await other.execute("print(df)", stranger_id, session_id=sid)
         assert stranger["session"]["state"] == "new" and "NameError" in stranger["error"]
         assert not any("saved session" in n for n in stranger["notes"]), stranger["notes"]
@@ -272,7 +279,7 @@ async def test_a_corrupt_or_foreign_snapshot_gives_a_fresh_session_with_a_note(
     user, sid = _uid(), "tampered"
     _ok(await interp.execute("z = 1", user, session_id=sid))
     await interp.sessions.close(user, sid)
-    snaps = interp.files.snapshots
+    snaps = interp.files.session_store
     doc = await snaps.meta.find_one({"user_id": user, "session_id": sid})
     assert doc is not None
     await snaps.meta.update_one({"_id": doc["_id"]}, {"$set": {"sha256": "0" * 64}})
@@ -324,7 +331,7 @@ async def test_a_snapshot_is_unpickled_inside_the_sandbox_never_by_the_host(
     code = f"class Evil:\n    def __reduce__(self):\n        return (exec, ({payload!r},))\nbomb = Evil()"
     _ok(await interp.execute(code, user, session_id=sid))
     await interp.sessions.close(user, sid)
-    data = await interp.files.snapshots.load(user, sid)
+    data = await interp.files.session_store.load(user, sid)
     assert data and data[:2] == b"PK"  # the host only ever holds the bytes
     r = await interp.execute("import os\nprint(os.path.exists('ran.txt'))", user, session_id=sid)
     assert r["session"]["state"] == "restored"
@@ -346,7 +353,7 @@ async def test_a_large_state_is_saved_and_restored_whole(interp: CodeInterpreter
     code = "import hashlib, os\nblob = os.urandom(24 * 2**20)\nprint(hashlib.sha256(blob).hexdigest())"
     digest = _ok(await interp.execute(code, user, session_id=sid))["output"]
     await interp.sessions.close(user, sid)
-    doc = await interp.files.snapshots.find(user, sid)
+    doc = await interp.files.session_store.find(user, sid)
     assert doc is not None and doc["size"] > 20 * 2**20  # random bytes do not compress
     r = _ok(await interp.execute("print(hashlib.sha256(blob).hexdigest())", user, session_id=sid))
     assert r["session"]["state"] == "restored" and r["output"] == digest

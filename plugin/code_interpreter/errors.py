@@ -21,6 +21,7 @@ An error in the *user's code* is not an exception: it is data in the execution r
     │   └── SandboxCrashed        the zygote or child died unexpectedly
     ├── SessionError
     │   ├── LeaseLost             another host took the session over: stop this copy, never save it
+    │   ├── SessionBusy           another host holds the session and did not hand it over in time
     │   └── SnapshotRefused       a stored snapshot that may not be used (corrupt, foreign, over its cap)
     ├── ExecutionFailed           the user's code failed (only from ExecutionResult.raise_for_error)
     ├── ToolArgumentError         invalid call arguments (the model's, or a request's)
@@ -51,6 +52,7 @@ __all__ = [
     "SandboxCrashed",
     "SandboxError",
     "SandboxTimeout",
+    "SessionBusy",
     "SessionError",
     "SnapshotRefused",
     "StorageUnavailable",
@@ -134,6 +136,10 @@ class LeaseLost(SessionError):
         """The host that holds the session now, None when nobody does (or it was reset)."""
         self.epoch = epoch
         """The session's current epoch, None when it no longer exists."""
+
+
+class SessionBusy(SessionError):
+    """Another host holds the session and did not hand it over in time (a long cell, or it stalled)."""
 
 
 class SnapshotRefused(SessionError):

@@ -93,7 +93,7 @@ class CodeInterpreter:
             db = await self._storage.start()
             self._files = FileManager(db, self.settings)
             await self._files.ensure_indexes()
-            self.sessions.store = self._files.snapshots
+            self.sessions.store = self._files.session_store
             self._usage = UsageStore.from_settings(db, self.settings)
             await self._usage.ensure_indexes()
             await asyncio.to_thread(

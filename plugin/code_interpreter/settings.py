@@ -156,6 +156,10 @@ class Settings:
     """Most saved sessions one user keeps (their bytes count against the quota); the oldest expires first."""
     session_lease_s: float = 10.0
     """Seconds a host owns a live session unless it renews; after that another host may take it over."""
+    session_checkpoint_s: float | None = 2.0
+    """Seconds a session must be quiet after a cell before it is saved in the background; None: off."""
+    session_checkpoint_max_bytes: int = 16 * 2**20
+    """Checkpoints skip a session whose last snapshot was larger (it is still saved when it ends)."""
 
     # -- runtime and packages -------------------------------------------------
     runtime_dir: Path | None = None
@@ -296,14 +300,15 @@ class Settings:
 
 
 #: Fields whose "off" may also be written as a number <= 0 (file_expiration_hours: the seed's -1 only).
-_OFF_SPELLINGS = ("runtime_rebuild_days", "cleanup_interval_s", "max_parallel_per_user")
+_OFF_SPELLINGS = ("runtime_rebuild_days", "cleanup_interval_s", "max_parallel_per_user",
+                  "session_checkpoint_s")  # fmt: skip
 _POSITIVE = (
     "max_file_size", "default_timeout", "max_timeout", "max_output_bytes", "max_tool_output_tokens",
     "max_code_bytes", "memory_limit_mb", "max_processes", "max_open_files", "max_parallel", "work_dir_bytes",
     "max_files_per_user", "max_bytes_per_user", "pip_timeout", "session_idle_s", "max_sessions",
     "max_sessions_per_user", "max_snapshot_bytes", "session_save_timeout_s", "max_generated_files",
     "max_generated_bytes", "mcp_max_pending_per_session", "mcp_max_pending_per_user",
-    "max_saved_sessions_per_user", "session_lease_s",
+    "max_saved_sessions_per_user", "session_lease_s", "session_checkpoint_max_bytes",
 )  # fmt: skip
 
 #: The settings by stage, in the order of the README's table (a test checks every field is in one group).
@@ -316,7 +321,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "sandbox": ("isolation", "sandbox_uid", "sandbox_gid", "memory_limit_mb", "max_processes",
                 "max_open_files", "work_dir_bytes", "max_parallel", "max_parallel_per_user"),
     "sessions": ("session_idle_s", "max_sessions", "max_sessions_per_user", "max_snapshot_bytes",
-                 "session_save_timeout_s", "max_saved_sessions_per_user", "session_lease_s"),
+                 "session_save_timeout_s", "max_saved_sessions_per_user", "session_lease_s",
+                 "session_checkpoint_s", "session_checkpoint_max_bytes"),
     "runtime and packages": ("runtime_dir", "runtime_python", "runtime_packages", "preload_modules",
                              "approved_packages", "pip_constraints", "pip_timeout", "runtime_rebuild_days"),
     "integrations": ("mcp_max_pending_per_session", "mcp_max_pending_per_user"),

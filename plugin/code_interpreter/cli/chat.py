@@ -175,7 +175,7 @@ async def _prompts(args: argparse.Namespace) -> Any:
 
 
 def _check_session_id(session_id: str | None) -> None:
-    from ..executor.sessions import MAX_SESSION_ID
+    from ..request import MAX_SESSION_ID
     from .util import UsageProblem
 
     if session_id is not None and not (0 < len(session_id) <= MAX_SESSION_ID and session_id.isprintable()):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CodeInterpreterError, ConfigurationError
-from ..executor.sessions import MAX_SESSION_ID
+from ..request import MAX_SESSION_ID
 from ..settings import Settings
 from .commands import DEFAULT_USER, PROG
 from .util import StderrProgress, UsageProblem

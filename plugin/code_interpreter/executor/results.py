@@ -84,10 +84,16 @@ class SessionInfo:
     """``new``, ``live`` (earlier cells' variables kept), ``restored`` (from a snapshot) or ``restarted``."""
     cell: int
     """The cell's number in the session (it continues after a restore)."""
+    handoff: dict[str, Any] | None = None
+    """When another host held the session before this cell: ``{"from", "ms", "expired"}`` (who, how long
+    taking it over took, and whether that host had stopped answering); None otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"id", "state", "cell"}``."""
-        return {"id": self.id, "state": self.state, "cell": self.cell}
+        """``{"id", "state", "cell"}``, plus ``handoff`` when the session came from another host."""
+        out: dict[str, Any] = {"id": self.id, "state": self.state, "cell": self.cell}
+        if self.handoff is not None:
+            out["handoff"] = dict(self.handoff)
+        return out
 
 
 #: ``error_type`` of a failure → the exception :meth:`ExecutionResult.raise_for_error` raises.

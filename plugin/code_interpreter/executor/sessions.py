@@ -1,4 +1,4 @@
-"""Live sessions: one sandboxed process per (user, session id), cells run in arrival order.
+"""Live sessions: one sandboxed process per (user, session id), on one host at a time, cells in arrival order.
 
 A session is a :class:`~.process.SandboxProcess` that keeps its state between cells: every layer of a
 one-shot run, nothing shared with other sessions. Cells of one session run one at a time (a FIFO lock),
@@ -6,13 +6,21 @@ each holding one of the executor's parallel slots while it runs. A cell past its
 (the variables survive); one that cannot be interrupted is killed, and the next call starts a fresh
 session whose result says ``restarted``.
 
+Across hosts (:mod:`.ownership`): a session is live on one host at a time, which holds its lease in the
+database. A cell that reaches another host has the session handed over through the database (the owner
+finishes its running cell, saves, releases; this host restores and runs) — the result says so and what it
+cost. A host that stops answering loses its sessions when their leases run out; the next host restores
+the last snapshot and says after which cell it was made and that later cells were lost. Checkpoints bound
+that loss: after a cell, once the session has been quiet for ``session_checkpoint_s``, it is saved in the
+background when its snapshot is small enough (``session_checkpoint_max_bytes``).
+
 Room is reserved before anything starts: the per-user and total caps (``max_sessions_per_user``,
 ``max_sessions``) count live sessions, those starting and those still ending, and a call that finds no
 room makes it by evicting idle sessions (least recently used first) or gets a result saying which
-sessions to close. Sessions end by idle expiry, eviction, :meth:`SessionManager.close`, ``reset`` or
-shutdown; all but ``reset`` *save* first (a snapshot made inside the sandbox, within
-``session_save_timeout_s``, in the user's own slot), and every end kills and verifies the process. A
-save that runs out of time is dropped; the next call of that session says so.
+sessions to close. Sessions end by idle expiry, eviction, :meth:`SessionManager.close`, ``reset``, a
+hand-off or shutdown; all but ``reset`` *save* first (a snapshot made inside the sandbox, within
+``session_save_timeout_s``, in the user's own slot, fenced by the lease), and every end kills and verifies
+the process. A save that runs out of time is dropped; the next call of that session says so.
 """
 
 from __future__ import annotations
@@ -23,31 +31,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from ..errors import CodeInterpreterError, LeaseLost, SessionError
+from ..files.session_store import SessionStore
 from .executor import Executor
+from .ownership import Ownership, Taken
 from .process import ProcessGone, SandboxProcess
 from .results import EventCallback, ExecutionResult, FileRef, SessionInfo, SessionState
 
-__all__ = ["MAX_SESSION_ID", "SessionManager", "SnapshotStore"]
+__all__ = ["SessionManager"]
 
 log = logging.getLogger("code_interpreter.sessions")
 
-MAX_SESSION_ID = 200
 SWEEP_EVERY_S = 30.0
-
-
-class SnapshotStore(Protocol):
-    """Where saved sessions live (``files.snapshots.SnapshotStore`` on MongoDB)."""
-
-    async def save(self, user_id: str, session_id: str, data: bytes, notes: list[str]) -> Any:
-        """Store the snapshot (replacing the previous one)."""
-
-    async def load(self, user_id: str, session_id: str) -> bytes | None:
-        """The snapshot, None when there is none; raises when it may not be used."""
-
-    async def delete(self, user_id: str, session_id: str) -> bool:
-        """Forget the snapshot."""
+#: A checkpoint is taken at least this many quiet periods apart even while cells keep coming.
+CHECKPOINT_MAX_DEFER = 10
 
 
 @dataclass(eq=False)
@@ -62,6 +61,11 @@ class HostSession:
     state: SessionState = "new"
     last_used: float = 0.0
     busy: bool = False
+    dirty: bool = False
+    """Cells ran since the last save (a checkpoint is due)."""
+    snapshot_bytes: int = 0
+    """The size of its last snapshot (checkpoints skip sessions over their budget)."""
+    checkpointer: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,19 +84,36 @@ class SessionManager:
     def __init__(
         self,
         settings: Any,
-        store: SnapshotStore | None,
+        store: SessionStore | None,
         executor: Callable[[], Awaitable[Executor]],
         clock: Callable[[], float] = time.monotonic,
+        *,
+        host: str | None = None,
     ) -> None:
-        """Sessions under ``settings``, saved to ``store``; ``executor`` gives the (started) executor."""
+        """Sessions under ``settings``, saved to (and owned through) ``store``; ``executor`` gives the
+        started executor. Without a store, sessions live on this host only and are never saved."""
         self.settings = settings
-        self.store = store
+        self.owner = Ownership(store, host=host, on_handoff=self._handed_off, on_lost=self._lost)
         self._get_executor = executor
         self.clock = clock
         self._sessions: dict[tuple[str, str], HostSession] = {}
         self._ending: dict[HostSession, asyncio.Task[list[str]]] = {}
         self._pending_notes: dict[tuple[str, str], tuple[float, str]] = {}  # said by the session's next cell
         self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def store(self) -> SessionStore | None:
+        """Where sessions are saved and owned (None: on this host only, never saved)."""
+        return self.owner.store
+
+    @store.setter
+    def store(self, store: SessionStore | None) -> None:
+        self.owner.store = store
+
+    @property
+    def host(self) -> str:
+        """This host's id in the sessions' leases."""
+        return self.owner.host
 
     # -- cells ---------------------------------------------------------------------------------------------
     async def run_cell(
@@ -105,7 +126,7 @@ class SessionManager:
         notes: Sequence[str] = (),
         on_event: EventCallback | None = None,
     ) -> ExecutionResult:
-        """Run one cell in the user's session, starting (or restoring) it first when it is not live."""
+        """Run one cell in the user's session, starting (or restoring, or taking over) it first."""
         ex = await self._get_executor()
         key = (str(user_id), str(session_id))
         while True:
@@ -122,6 +143,9 @@ class SessionManager:
                 session.busy = True
                 try:
                     return await self._cell(ex, session, code, files, timeout, list(notes), on_event)
+                except SessionError as exc:  # another host holds it (busy), or took it (lost)
+                    await self._forget(session, restarted=False)
+                    return ExecutionResult.failed(exc, isolation=ex.mode, notes=notes)
                 finally:
                     session.busy = False
                     session.last_used = self.clock()
@@ -138,15 +162,21 @@ class SessionManager:
         notes: list[str],
         on_event: EventCallback | None,
     ) -> ExecutionResult:
+        taken: Taken | None = None
         for attempt in (1, 2):
             snapshot = b""
+            if session.process is not None:
+                try:
+                    await self.owner.confirm(session.key, session.cells)
+                    session.state = "live"
+                except LeaseLost:  # taken over while idle here: this copy is stale
+                    await self._close_stale(session)
             if session.process is None:
-                snapshot, state, extra = await self._snapshot_for(session)
+                taken = await self.owner.take(session.user_id, session.session_id, limit + self._save_s)
+                snapshot, state, cells, extra = await self._snapshot_for(session, taken)
                 session.process = ex.process(session.user_id, keep_state=True)
-                session.state, session.cells = state, 0
+                session.state, session.cells, session.snapshot_bytes = state, cells, len(snapshot)
                 notes = [*notes, *extra]
-            else:
-                session.state = "live"
             try:
                 result = await session.process.run(
                     code, limit, files, notes=notes, on_event=on_event, restore=snapshot
@@ -158,28 +188,67 @@ class SessionManager:
                 if attempt == 2:
                     raise
                 continue
-            session.cells += 1
-            info = SessionInfo(session.session_id, session.state, session.cells)
-            result = result.with_session(info)
-            if not session.process.alive and result.error and "session" not in result.error:
-                result = result.with_notes("the session's process was stopped: the next call starts a fresh "
-                                           "session")  # fmt: skip
-            return result
+            return await self._finish_cell(session, result, taken)
         raise AssertionError("unreachable")
 
-    async def _snapshot_for(self, session: HostSession) -> tuple[bytes, SessionState, list[str]]:
-        """(snapshot bytes, state, notes) for a session about to start."""
+    async def _finish_cell(
+        self, session: HostSession, result: ExecutionResult, taken: Taken | None
+    ) -> ExecutionResult:
+        """Count the cell, make sure this host still owned the session while it ran, schedule a checkpoint."""
+        session.cells += 1
+        try:
+            await self.owner.confirm(session.key, session.cells)
+        except LeaseLost as exc:
+            # Stalled past its lease while the cell ran: another host may own the session now. This
+            # copy's state is not the session's any more: its effects are not acknowledged.
+            await self._close_stale(session)
+            return ExecutionResult.failed(
+                f"the session was taken over by another host while this cell ran ({exc}): its effects "
+                "are lost; call again to continue the session there",
+                isolation=result.isolation, notes=result.notes, elapsed=result.execution_time,
+                error_type="LeaseLost",
+            )  # fmt: skip
+        info = SessionInfo(session.session_id, session.state, session.cells,
+                           handoff=taken.handoff if taken is not None else None)  # fmt: skip
+        result = result.with_session(info)
+        alive = session.process is not None and session.process.alive
+        if not alive and result.error and "session" not in result.error:
+            result = result.with_notes(
+                "the session's process was stopped: the next call starts a fresh session"
+            )
+        elif alive:
+            session.dirty = True
+            self._schedule_checkpoint(session)
+        return result
+
+    async def _snapshot_for(
+        self, session: HostSession, taken: Taken
+    ) -> tuple[bytes, SessionState, int, list[str]]:
+        """(snapshot bytes, state, cell counter, notes) for a session about to start."""
+        notes = [taken.note] if taken.note else []
         pending = self._pending_notes.pop(session.key, None)
         if pending is not None:
-            return b"", "restarted", [pending[1]]
+            return b"", "restarted", 0, [*notes, pending[1]]
         if self.store is None:
-            return b"", "new", []
+            return b"", "new", 0, notes
         try:
             data = await self.store.load(session.user_id, session.session_id)
-        except Exception as exc:
+        except CodeInterpreterError as exc:
             log.warning("saved session %s of user %s refused: %s", session.session_id, session.user_id, exc)
-            return b"", "new", [f"the saved session could not be used ({exc}); this is a fresh session"]
-        return (data, "restored", []) if data else (b"", "new", [])
+            return (
+                b"",
+                "new",
+                0,
+                [*notes, f"the saved session could not be used ({exc}); this is a fresh session"],
+            )
+        if not data:
+            return b"", "new", 0, notes
+        cells = taken.lease.saved_after_cell or taken.lease.cells or 0
+        return data, "restored", cells, notes
+
+    @property
+    def _save_s(self) -> float:
+        return float(self.settings.session_save_timeout_s)
 
     # -- room ------------------------------------------------------------------------------------------------
     async def _reserve(self, key: tuple[str, str], wait: float) -> str | None:
@@ -253,21 +322,22 @@ class SessionManager:
         return task
 
     async def _end(self, session: HostSession, *, save: bool) -> list[str]:
-        """Wait for the session's running cell, save it when asked, then close its process (kill, verify)."""
+        """Wait for the running cell, save when asked (fenced by the lease), release, close (kill, verify)."""
         notes: list[str] = []
+        _cancel_unless_current(session.checkpointer)
         async with session.lock:
             process, session.process = session.process, None
-            if process is None:
-                return notes
             try:
-                if save and self.store is not None and process.alive:
+                if process is not None and save and self.store is not None and process.alive:
                     notes = await self._save(session, process)
             finally:
-                await process.close()
+                if process is not None:
+                    await process.close()
+                await self.owner.release(session.key, session.cells)
         return notes
 
     async def _save(self, session: HostSession, process: SandboxProcess) -> list[str]:
-        assert self.store is not None
+        """Snapshot the session inside its sandbox and store it, fenced by this host's lease."""
         data, notes = await process.save(self.settings.max_snapshot_bytes)
         if not data:
             self._pending_notes[session.key] = (
@@ -277,27 +347,91 @@ class SessionManager:
             )
             return notes
         try:
-            await self.store.save(session.user_id, session.session_id, data, notes)
-        except Exception as exc:  # a session that cannot be stored is still stopped
+            await self.owner.save(session.key, data, notes, session.cells)
+        except LeaseLost as exc:  # another host owns it now: its state is there, this copy is stale
+            log.info("session %s of user %s was not saved: %s", session.session_id, session.user_id, exc)
+            return [f"not saved: {exc}"]
+        except CodeInterpreterError as exc:  # refused (quota, cap) or the store is away: still stopped
             log.warning(
                 "session %s of user %s could not be stored: %s", session.session_id, session.user_id, exc
             )
-            notes = [f"not saved: {exc}"]
             self._pending_notes[session.key] = (
                 self.clock(),
                 f"the session could not be saved when it last ended ({exc}): its variables are gone",
             )
+            return [f"not saved: {exc}"]
+        session.dirty = False
+        session.snapshot_bytes = len(data)
         return notes
 
     async def _forget(self, session: HostSession, *, restarted: bool) -> None:
-        """A session whose process died: close what is left; its next call starts afresh."""
+        """A session whose process died (or that another host holds): close what is left, give it up."""
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
+        _cancel_unless_current(session.checkpointer)
         process, session.process = session.process, None
         if process is not None:
             await process.close(polite=False)
+        await self.owner.release(session.key, session.cells)
         if restarted and session.key not in self._pending_notes:
             self._pending_notes[session.key] = (self.clock(), _restarted_note())
+
+    async def _close_stale(self, session: HostSession) -> None:
+        """This host lost the session's lease: its copy is not the session any more. Stop it, unsaved."""
+        self.owner.forget(session.key)
+        _cancel_unless_current(session.checkpointer)
+        process, session.process = session.process, None
+        if process is not None:
+            await process.close(polite=False)
+
+    async def _handed_off(self, key: tuple[str, str]) -> None:
+        """Another host asked for ``key``: end it here (after its running cell; saved, then released)."""
+        session = self._sessions.get(key)
+        if session is not None:
+            self._end_in_background(session, save=True)
+        elif not any(s.key == key for s in self._ending):
+            await self.owner.release(key, 0)
+
+    async def _lost(self, key: tuple[str, str], exc: LeaseLost) -> None:
+        """This host's lease on ``key`` was taken (it stalled) or reset: stop the stale copy."""
+        log.warning("session %s of user %s is no longer this host's: %s", key[1], key[0], exc)
+        session = self._sessions.get(key)
+        if session is None or session.busy:
+            return  # a running cell finds out itself when it ends, and says so in its result
+        async with session.lock:
+            if self._sessions.get(key) is session:
+                del self._sessions[key]
+                await self._close_stale(session)
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _schedule_checkpoint(self, session: HostSession) -> None:
+        if self.store is None or self.settings.session_checkpoint_s is None:
+            return
+        if session.checkpointer is None or session.checkpointer.done():
+            session.checkpointer = asyncio.create_task(self._checkpoint(session), name="session-checkpoint")
+
+    async def _checkpoint(self, session: HostSession) -> None:
+        """Save ``session`` in the background once it has been quiet for ``session_checkpoint_s``.
+
+        Bursts coalesce into one save (at least every :data:`CHECKPOINT_MAX_DEFER` quiet periods while cells
+        keep coming); a session whose last snapshot was over ``session_checkpoint_max_bytes`` is saved only
+        when it ends. The save runs between cells, in the user's own slot, within the save deadline.
+        """
+        quiet = float(self.settings.session_checkpoint_s)
+        dirty_since = self.clock()
+        while session.dirty and self._sessions.get(session.key) is session:
+            wait = quiet - (self.clock() - session.last_used)
+            if wait > 0 and self.clock() - dirty_since < quiet * CHECKPOINT_MAX_DEFER:
+                await asyncio.sleep(wait)
+                continue
+            if session.snapshot_bytes > self.settings.session_checkpoint_max_bytes:
+                return
+            async with session.lock:
+                process = session.process
+                if self._sessions.get(session.key) is not session or process is None or not process.alive:
+                    return
+                await self._save(session, process)
+            dirty_since = self.clock()
 
     async def expire_idle(self) -> int:
         """Save and stop every session idle longer than ``session_idle_s``; returns how many."""
@@ -327,22 +461,33 @@ class SessionManager:
 
     # -- the public face (interp.sessions) -----------------------------------------------------------------
     async def list(self, user_id: int | str | None = None) -> list[dict[str, Any]]:
-        """Live sessions on this host (of ``user_id``, or all): id, user, state, cells, idle s, memory MB.
+        """The sessions of ``user_id``: live here, live on another host, or saved; by id.
 
-        ``memory_mb`` is what the session holds alone: the private (USS) memory of its sandboxed child and
-        of its supervisor; ``pids`` are their host pids.
+        Each has ``id``, ``user_id``, ``state`` (``live`` or ``saved``), ``host`` (where it is live; None
+        when saved), ``cells`` (its cell counter) and, when it has a snapshot, ``size`` and ``saved_at``.
+        Sessions live here add ``idle_seconds``, ``busy``, ``memory_mb`` (the private memory of its child
+        and supervisor) and ``pids``. Without ``user_id``: the sessions live on this host.
         """
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        if user_id is not None and self.store is not None:
+            for saved in await self.store.list_saved(user_id):
+                at = saved.saved_at.isoformat() if saved.saved_at else None
+                rows[(saved.user_id, saved.session_id)] = {
+                    "id": saved.session_id, "user_id": saved.user_id, "state": saved.state,
+                    "host": saved.owner, "cells": saved.cells, "size": saved.size, "saved_at": at,
+                }  # fmt: skip
         now = self.clock()
-        out = []
         for s in list(self._sessions.values()):
             if (user_id is not None and s.user_id != str(user_id)) or s.process is None:
                 continue
             sup, child = s.process.pids
             mem = await asyncio.to_thread(_private_mb, child, sup)
-            out.append({"id": s.session_id, "user_id": s.user_id, "state": s.state, "cells": s.cells,
-                        "idle_seconds": round(now - s.last_used, 1), "busy": s.busy, "memory_mb": mem,
-                        "pids": {"supervisor": sup, "child": child}})  # fmt: skip
-        return out
+            row = rows.setdefault(
+                s.key, {"id": s.session_id, "user_id": s.user_id, "size": None, "saved_at": None}
+            )
+            row.update(state="live", host=self.host, cells=s.cells, idle_seconds=round(now - s.last_used, 1),
+                       busy=s.busy, memory_mb=mem, pids={"supervisor": sup, "child": child})  # fmt: skip
+        return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1]))]
 
     async def reset(self, user_id: int | str, session_id: str) -> bool:
         """Forget the session entirely: stop its process (unsaved) and delete its saved snapshot."""
@@ -375,11 +520,13 @@ class SessionManager:
         tasks += list(self._ending.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.owner.close()
 
     def status(self) -> dict[str, Any]:
         """Live sessions on this host, for ``CodeInterpreter.status()``."""
         now = self.clock()
         return {
+            "host": self.host,
             "live": len(self._sessions),
             "ending": len(self._ending),
             "max_sessions": self.settings.max_sessions,
@@ -395,6 +542,11 @@ class SessionManager:
                 for s in self._sessions.values()
             ],
         }
+
+
+def _cancel_unless_current(task: asyncio.Task[Any] | None) -> None:
+    if task is not None and not task.done() and task is not asyncio.current_task():
+        task.cancel()
 
 
 def _restarted_note(reason: str = "") -> str:

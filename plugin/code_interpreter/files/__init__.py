@@ -9,7 +9,6 @@
 - :mod:`.orphans` — what a crash left behind, for reconcile;
 - :mod:`.session_store` — :class:`SessionStore`: each session's ownership lease across hosts and its
   saved snapshot, in one record (:mod:`.leases`: the record and its atomic updates);
-- :mod:`.snapshots` — saved sessions as today's session manager uses them;
 - :mod:`.quota` — the per-user quota over files and saved sessions together.
 """
 

@@ -52,7 +52,6 @@ from .orphans import find_orphans
 from .quota import StoredItem, room_for_upload
 from .records import is_visible, journaled, public, to_ms, too_large, uid_of, valid_id
 from .session_store import SessionStore
-from .snapshots import SnapshotStore
 
 __all__ = ["BUCKET", "COLLECTION", "FileManager"]
 
@@ -99,8 +98,6 @@ class FileManager:
             db, settings, clock=self._now if clock is not None else None, retry=self._retry, files=self
         )
         """Sessions' ownership leases and saved snapshots (same database, quota and expiry rules)."""
-        self.snapshots = SnapshotStore(self.session_store)
-        """Saved sessions as today's session manager uses them (save, load, delete)."""
         self._dedup = Dedup(self.meta, self._meta_ack, self.buckets, self._retry, self._visible)
         self.cache_dir = settings.home / "cache"
         self.cleanup_batch = max(1, cleanup_batch)

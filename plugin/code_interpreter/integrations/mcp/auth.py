@@ -19,7 +19,7 @@ from pathlib import Path
 from mcp.server.auth.provider import AccessToken
 
 from ...errors import ConfigurationError
-from ...executor.sessions import MAX_SESSION_ID
+from ...request import MAX_SESSION_ID
 
 __all__ = ["TOKENS_ENV", "StaticTokenVerifier", "TokenTable", "is_loopback"]
 
