@@ -43,6 +43,8 @@ class Taken:
 
     lease: Lease
     """The lease (``held``)."""
+    came_from: str | None
+    """The host that held it before (it handed the session over, or stopped answering); None if none."""
     waited_s: float
     """Seconds spent taking it (a hand-off: the other host's cell, its save and release)."""
     note: str | None
@@ -52,9 +54,9 @@ class Taken:
     @property
     def handoff(self) -> dict[str, Any] | None:
         """``{"from": host, "ms": …, "expired": bool}`` when another host held it before; else None."""
-        if self.lease.previous_owner is None:
+        if self.came_from is None:
             return None
-        return {"from": self.lease.previous_owner, "ms": round(self.waited_s * 1000, 1),
+        return {"from": self.came_from, "ms": round(self.waited_s * 1000, 1),
                 "expired": self.lease.previous_expired}  # fmt: skip
 
 
@@ -91,8 +93,10 @@ class Ownership:
         lease out when that host stopped answering). SessionBusy after ``wait_s`` seconds."""
         started = time.monotonic()
         if self.store is None:
-            return Taken(_local_lease(user_id, session_id, self.host), 0.0, None)
+            return Taken(_local_lease(user_id, session_id, self.host), None, 0.0, None)
         lease = await self.store.acquire(user_id, session_id, self.host)
+        # The host asked to hand over releases before this host takes: the take then finds it free.
+        asked = lease.owner if not lease.held and lease.owner != self.host else None
         while not lease.held:
             if time.monotonic() - started > wait_s:
                 raise SessionBusy(
@@ -105,7 +109,8 @@ class Ownership:
         self.leases[(user_id, session_id)] = lease
         self._ensure_keeper()
         waited = time.monotonic() - started
-        return Taken(lease, waited, _taken_note(lease, waited))
+        came_from = lease.previous_owner if lease.previous_owner not in (None, self.host) else asked
+        return Taken(lease, came_from, waited, _taken_note(lease, came_from, waited))
 
     async def confirm(self, key: Key, cells: int) -> None:
         """Make sure this host still owns ``key`` before (or after) a cell; LeaseLost when it does not.
@@ -211,12 +216,12 @@ def _local_lease(user_id: str, session_id: str, host: str) -> Lease:
                  None, False)  # fmt: skip
 
 
-def _taken_note(lease: Lease, waited: float) -> str | None:
-    if lease.previous_owner is None:
+def _taken_note(lease: Lease, came_from: str | None, waited: float) -> str | None:
+    if came_from is None:
         return None
     if not lease.previous_expired:
         return (
-            f"the session was handed over from host {lease.previous_owner} (it saved and released it; "
+            f"the session was handed over from host {came_from} (it saved and released it; "
             f"{waited * 1000:.0f} ms)"
         )
     saved = (
@@ -229,6 +234,6 @@ def _taken_note(lease: Lease, waited: float) -> str | None:
         else "; later cells are lost"
     )
     return (
-        f"host {lease.previous_owner}, which ran this session, stopped answering and its lease ran out: this "
+        f"host {came_from}, which ran this session, stopped answering and its lease ran out: this "
         f"host restored {saved}{lost if lease.saved_at or lease.lost_cells else ''}"
     )
