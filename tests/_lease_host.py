@@ -57,7 +57,8 @@ class Host:
             data = await self.store.load(key[0], key[1])
             return None if data is None else data.decode()
         if op == "handoffs":
-            return [lease.to_dict() for lease in await self.store.handoffs_for(self.host)]
+            owned = await self.store.owned_by(self.host)
+            return [lease.to_dict() for lease in owned if lease.handoff_wanted_by]
         if op == "race":
             return await self.race(key, int(cmd["rounds"]))
         raise ValueError(f"unknown op {op!r}")

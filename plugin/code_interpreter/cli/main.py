@@ -33,6 +33,8 @@ from .commands import (
 )
 from .mcp import add_parser as add_mcp_parser
 from .mcp import cmd_mcp
+from .sessions import add_parser as add_sessions_parser
+from .sessions import cmd_sessions
 from .usage import GROUPS, cmd_usage
 from .util import StderrProgress, UsageProblem
 
@@ -74,6 +76,7 @@ COMMANDS: dict[str, Any] = {
     "demo": cmd_demo,
     "run": cmd_run,
     "files": cmd_files,
+    "sessions": cmd_sessions,
     "cleanup": cmd_cleanup,
     "status": cmd_status,
     "tokens": cmd_tokens,
@@ -164,6 +167,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="list as JSON")
     _user_option(f)
 
+    add_sessions_parser(sub, _user_option)
     sub.add_parser("cleanup", help="delete expired files")
     sub.add_parser("status", help="show storage, sandbox and runtime status as JSON")
 

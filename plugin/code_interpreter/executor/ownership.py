@@ -175,12 +175,24 @@ class Ownership:
                 if time.monotonic() >= next_renewal:
                     next_renewal = time.monotonic() + self.store.lease_s / 3
                     await self._renew_all()
-                for wanted in await self.store.handoffs_for(self.host):
-                    await self._hand_over((wanted.user_id, wanted.session_id))
+                await self._watch()
             except StorageUnavailable as exc:  # the database is away: the local deadlines still hold
                 log.warning("session leases could not be kept up: %s", exc)
             except Exception:
                 log.exception("keeping session leases failed")
+
+    async def _watch(self) -> None:
+        """One query for all leases held here: hand over what another host asks for; stop what this host
+        lost (taken over, or reset from anywhere) without waiting for its next renewal."""
+        assert self.store is not None
+        owned = {(lease.user_id, lease.session_id): lease for lease in await self.store.owned_by(self.host)}
+        for key, mine in list(self.leases.items()):
+            seen = owned.get(key)
+            if seen is None or seen.epoch != mine.epoch:
+                if self.leases.pop(key, None) is not None and self.on_lost is not None:
+                    await self.on_lost(key, LeaseLost(f"this host no longer owns session {key[1]!r}"))
+            elif seen.handoff_wanted_by:
+                await self._hand_over(key)
 
     async def _renew_all(self) -> None:
         assert self.store is not None

@@ -3,7 +3,7 @@
 The document and its updates are described in :mod:`.leases`. What this module adds:
 
 - **Operations** (async, each one atomic ``findAndModify`` under the storage retries): :meth:`acquire`,
-  :meth:`request_handoff`, :meth:`renew`, :meth:`release`, :meth:`handoffs_for`, :meth:`save_snapshot`
+  :meth:`request_handoff`, :meth:`renew`, :meth:`release`, :meth:`owned_by`, :meth:`save_snapshot`
   (fenced by owner and epoch), :meth:`load`, :meth:`list_saved`, :meth:`delete`, :meth:`cleanup_expired`.
 - **Durability.** Lease and snapshot writes use ``{w: "majority", j: true}``: acknowledged by a majority
   of a replica set and journaled. A standalone mongod accepts ``majority`` as itself; SecantusDB calls
@@ -129,7 +129,7 @@ class SessionStore:
 
     async def request_handoff(self, user_id: int | str, session_id: str, host: str) -> Lease:
         """Take the lease as :meth:`acquire` does; when another host holds it, ask that host to save and
-        release (it sees the request in :meth:`handoffs_for` and in its renewals). Call again to poll."""
+        release (it sees the request in :meth:`owned_by` and in its renewals). Call again to poll."""
         return await self._take(
             check_user(user_id), check_session(session_id), check_host(host), want_handoff=True
         )
@@ -158,10 +158,12 @@ class SessionStore:
         )
         return bool(result.matched_count)
 
-    async def handoffs_for(self, host: str) -> list[Lease]:
-        """The sessions ``host`` owns that another host asked for (one query for all of them)."""
-        query = {"owner": check_host(host), "handoff_wanted_by": {"$ne": None}}
-        docs = await self._retry(lambda: self.meta.find(query).to_list(None), "find hand-off requests")
+    async def owned_by(self, host: str) -> list[Lease]:
+        """Every session the records say ``host`` owns, with any hand-off request (one query for all):
+        a session ``host`` thinks it holds and is missing here was taken over or reset."""
+        query = {"owner": check_host(host)}
+        fields = {"blob_id": 0, "notes": 0, "sha256": 0}
+        docs = await self._retry(lambda: self.meta.find(query, fields).to_list(None), "find owned sessions")
         return [lease_from(d, host, 0.0) for d in docs]
 
     # -- the snapshot ----------------------------------------------------------------------------------
