@@ -31,7 +31,7 @@ from ..executor import EventCallback
 from ..tools import ToolContext, ToolDispatcher, ToolResult
 from .results import AgentResult, AgentRetry, RequestRecord
 from .retry import send
-from .wire import Api, wire_for
+from .wire import Api, Wire, wire_for
 
 if TYPE_CHECKING:
     from ..interpreter import CodeInterpreter
@@ -105,78 +105,90 @@ async def run_agent(
     if max_rounds < 1:
         raise ValueError("max_rounds must be at least 1")
     wire = wire_for(api)
-    if dispatcher is None:
-        if interpreter is None:
-            from ..compat import default_interpreter
-
-            interpreter = await default_interpreter()
-        dispatcher = ToolDispatcher(interpreter)
+    dispatcher = dispatcher or ToolDispatcher(interpreter or await _default_interpreter())
     interp = dispatcher.interp
     await interp.start()
-    policy = retry or AgentRetry()
     if tools is None:
         tools = wire.tools(
             sessions=context.session_id is not None, versions=interp.packages.runtime_versions()
         )
     history = [_as_message(m) for m in messages]
+    rounds = _Rounds(client, model, wire, interp, context, retry or AgentRetry(), tools, history,
+                     request_options or {}, max_output_tokens)  # fmt: skip
     records: list[RequestRecord] = []
     results: list[ToolResult] = []
     final_text = ""
     stop_reason = "max_rounds"
-
     for round_no in range(1, max_rounds + 1):
-        last = round_no == max_rounds
-        tool_choice = "none" if last and tools else None
-        estimate = await interp.token_counter.estimate(
-            model, history, tools=tools or None, tool_choice=tool_choice, max_output_tokens=max_output_tokens
-        )
+        tool_choice = "none" if round_no == max_rounds and tools else None
         try:
-            await _maybe_await(interp.usage.check_budget(context.user_id, estimate))
+            record, turn = await rounds.request(round_no, tool_choice)
         except BudgetExceeded as exc:
             if raise_on_budget:
                 raise
-            final_text = f"Stopped before request {round_no}: {exc}"
-            stop_reason = "budget_exceeded"
+            final_text, stop_reason = f"Stopped before request {round_no}: {exc}", "budget_exceeded"
             break
-        request_id = uuid.uuid4().hex
-        await _maybe_await(
-            interp.usage.record_usage(
-                user_id=context.user_id,
-                model=model,
-                estimate=estimate,
-                usage=None,
-                request_id=request_id,
-                session_id=context.session_id,
-            )
-        )
-        kwargs = {**(request_options or {}), **wire.request(history, tools, tool_choice, max_output_tokens)}
-        response = await send(policy, wire.create, client, model, kwargs)
-        turn = wire.read(response)
-        if turn.usage is not None:
-            await _maybe_await(
-                interp.usage.record_usage(
-                    user_id=context.user_id,
-                    model=model,
-                    estimate=estimate,
-                    usage=turn.usage,
-                    request_id=request_id,
-                    session_id=context.session_id,
-                )
-            )
-        records.append(
-            RequestRecord(round_no, request_id, estimate, turn.usage, turn.finish_reason, len(turn.calls))
-        )
-        history.extend(turn.items)
+        records.append(record)
         final_text = turn.text
         if not turn.calls:
             stop_reason = "completed"
             break
         # Every tool call gets its answer, even on the last round, so the history stays valid for the API.
         # The request id rides with the calls, so each execution's usage record names this request.
-        linked_context = dataclasses.replace(context, request_id=request_id)
+        linked_context = dataclasses.replace(context, request_id=record.request_id)
         round_results = await dispatcher.dispatch_all(turn.calls, linked_context, on_event=on_event)
         results.extend(round_results)
         history.extend(wire.answers(round_results))
-
     generated = tuple(f for r in results for f in r.generated_files)
     return AgentResult(final_text, history, tuple(records), tuple(results), stop_reason, generated)
+
+
+async def _default_interpreter() -> CodeInterpreter:
+    from ..compat import default_interpreter
+
+    return await default_interpreter()
+
+
+@dataclasses.dataclass(slots=True)
+class _Rounds:
+    """One conversation's model requests: each estimated, budgeted, recorded, sent and recorded again."""
+
+    client: openai.AsyncOpenAI
+    model: str
+    wire: Wire
+    interp: CodeInterpreter
+    context: ToolContext
+    policy: AgentRetry
+    tools: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    options: Mapping[str, Any]
+    max_output_tokens: int | None
+
+    async def request(self, round_no: int, tool_choice: str | None) -> tuple[RequestRecord, Any]:
+        """Send one request (BudgetExceeded before it, when it would pass the budget); its record and turn."""
+        usage, ctx = self.interp.usage, self.context
+        estimate = await self.interp.token_counter.estimate(
+            self.model, self.history, tools=self.tools or None, tool_choice=tool_choice,
+            max_output_tokens=self.max_output_tokens,
+        )  # fmt: skip
+        await _maybe_await(usage.check_budget(ctx.user_id, estimate))
+        request_id = uuid.uuid4().hex
+
+        async def write(actual: Any) -> None:
+            await _maybe_await(usage.record_usage(user_id=ctx.user_id, model=self.model, estimate=estimate,
+                                                  usage=actual, request_id=request_id,
+                                                  session_id=ctx.session_id))  # fmt: skip
+
+        await write(None)
+        body = self.wire.request(self.history, self.tools, tool_choice, self.max_output_tokens)
+        response = await send(
+            self.policy, self.wire.create, self.client, self.model, {**self.options, **body}
+        )
+        turn = self.wire.read(response)
+        if turn.usage is not None:
+            await write(turn.usage)
+        self.history.extend(turn.items)
+        record = RequestRecord(
+            round_no, request_id, estimate, turn.usage, turn.finish_reason, len(turn.calls)
+        )
+        return record, turn

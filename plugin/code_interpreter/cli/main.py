@@ -130,37 +130,7 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     d.add_argument("--model", default=DEFAULT_MODEL, help=f"model for the token estimate ({DEFAULT_MODEL})")
     _user_option(d)
 
-    r = sub.add_parser(
-        "run",
-        help="execute a Python file in the sandbox",
-        epilog=RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    r.add_argument("script", type=Path, metavar="FILE", help="the Python script to run")
-    r.add_argument(
-        "--file",
-        action="append",
-        default=[],
-        metavar="DATA",
-        help="a local data file, or the id of a stored file (repeatable)",
-    )
-    r.add_argument(
-        "--timeout",
-        type=_positive_int,
-        default=None,
-        metavar="SECONDS",
-        help=f"wall-clock limit (default {default_timeout}, at most {max_timeout}; "
-        "CODE_INTERPRETER_MAX_TIMEOUT raises it)",
-    )
-    r.add_argument(
-        "--install", action="append", default=[], metavar="PACKAGE", help="approved package to install"
-    )
-    r.add_argument(
-        "--no-store", action="store_true", help="keep no copy of the inputs and outputs (see below)"
-    )
-    _output_option(r, "generated files")
-    _user_option(r)
-
+    _add_run_parser(sub, default_timeout, max_timeout)
     f = sub.add_parser("files", help="list, upload or delete stored files")
     f.add_argument("action", nargs="?", choices=FILE_ACTIONS, metavar="ACTION", help="list, upload or delete")
     f.add_argument("paths", nargs="*", metavar="PATH_OR_ID", help="files to upload, or file ids to delete")
@@ -207,6 +177,39 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     _user_option(c)
     add_mcp_parser(sub)
     return p
+
+
+def _add_run_parser(sub: Any, default_timeout: int, max_timeout: int) -> None:
+    r = sub.add_parser(
+        "run",
+        help="execute a Python file in the sandbox",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("script", type=Path, metavar="FILE", help="the Python script to run")
+    r.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="DATA",
+        help="a local data file, or the id of a stored file (repeatable)",
+    )
+    r.add_argument(
+        "--timeout",
+        type=_positive_int,
+        default=None,
+        metavar="SECONDS",
+        help=f"wall-clock limit (default {default_timeout}, at most {max_timeout}; "
+        "CODE_INTERPRETER_MAX_TIMEOUT raises it)",
+    )
+    r.add_argument(
+        "--install", action="append", default=[], metavar="PACKAGE", help="approved package to install"
+    )
+    r.add_argument(
+        "--no-store", action="store_true", help="keep no copy of the inputs and outputs (see below)"
+    )
+    _output_option(r, "generated files")
+    _user_option(r)
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace, settings: Settings) -> None:

@@ -1,10 +1,9 @@
 """Live sessions: one sandboxed process per (user, session id), on one host at a time, cells in arrival order.
 
-A session is a :class:`~.process.SandboxProcess` that keeps its state between cells: every layer of a
-one-shot run, nothing shared with other sessions. Cells of one session run one at a time (a FIFO lock),
-each holding one of the executor's parallel slots while it runs. A cell past its deadline is interrupted
-(the variables survive); one that cannot be interrupted is killed, and the next call starts a fresh
-session whose result says ``restarted``.
+A session is a :class:`~.process.SandboxProcess` that keeps its state between cells. Its cells run one
+at a time (a FIFO lock), each holding one of the executor's parallel slots. A cell past its deadline is
+interrupted (the variables survive); one that cannot be interrupted is killed, and the next call starts
+a fresh session whose result says ``restarted``.
 
 Across hosts (:mod:`.ownership`): a session is live on one host at a time, which holds its lease in the
 database. A cell that reaches another host has the session handed over through the database (the owner
@@ -30,7 +29,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CodeInterpreterError, LeaseLost, SessionError
@@ -39,6 +37,7 @@ from .executor import Executor
 from .ownership import Ownership, Taken
 from .process import ProcessGone, SandboxProcess
 from .results import EventCallback, ExecutionResult, FileRef, SessionInfo, SessionState
+from .room import HostSession, private_mb, victims_for
 
 __all__ = ["SessionManager"]
 
@@ -47,35 +46,6 @@ log = logging.getLogger("code_interpreter.sessions")
 SWEEP_EVERY_S = 30.0
 #: A checkpoint is taken at least this many quiet periods apart even while cells keep coming.
 CHECKPOINT_MAX_DEFER = 10
-
-
-@dataclass(eq=False)
-class HostSession:
-    """One session on this host: its process (while live), its queue of cells, its counters."""
-
-    user_id: str
-    session_id: str
-    process: SandboxProcess | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cells: int = 0
-    state: SessionState = "new"
-    last_used: float = 0.0
-    busy: bool = False
-    dirty: bool = False
-    """Cells ran since the last save (a checkpoint is due)."""
-    snapshot_bytes: int = 0
-    """The size of its last snapshot (checkpoints skip sessions over their budget)."""
-    checkpointer: asyncio.Task[None] | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """(user id, session id)."""
-        return (self.user_id, self.session_id)
-
-    @property
-    def alive(self) -> bool:
-        """Its process is there."""
-        return self.process is not None and self.process.alive
 
 
 class SessionManager:
@@ -261,7 +231,9 @@ class SessionManager:
         while True:
             if key in self._sessions:
                 return None  # another call reserved it meanwhile
-            victims, refusal = self._victims(key[0])
+            victims, refusal = victims_for(
+                key[0], list(self._sessions.values()), list(self._ending), self.settings
+            )
             if refusal is not None:
                 return refusal
             if not victims:
@@ -281,32 +253,6 @@ class SessionManager:
                     "no room for a new session yet: the sessions making room are still saving; "
                     "call again in a few seconds"
                 )
-
-    def _victims(self, user_id: str) -> tuple[list[HostSession], str | None]:
-        """Idle sessions to evict so one more of ``user_id`` fits, or why not (busy ones fill the caps)."""
-        s = self.settings
-        live = list(self._sessions.values())
-        ending_users = [x.user_id for x in self._ending]
-        victims: list[HostSession] = []
-        for pool, busy_count, cap, whose in (
-            ([x for x in live if x.user_id == user_id], ending_users.count(user_id), s.max_sessions_per_user,
-             "you have"),
-            (live, len(ending_users), s.max_sessions, "this host has"),
-        ):  # fmt: skip
-            excess = len(pool) + busy_count + 1 - cap - sum(v in pool for v in victims)
-            if excess <= 0:
-                continue
-            idle = sorted(
-                (x for x in pool if not x.busy and x not in victims and x.alive), key=lambda x: x.last_used
-            )
-            if len(idle) < excess and busy_count + len(pool) - len(idle) >= cap:
-                names = ", ".join(sorted(x.session_id for x in pool if x.user_id == user_id)[:5])
-                return [], (
-                    f"{whose} {len(pool) + busy_count} live sessions, the limit is {cap}, and none is idle: "
-                    f"close one first ({names or 'sessions of other users'}), or call again when one is idle"
-                )
-            victims += idle[:excess]
-        return victims, None
 
     # -- ends ------------------------------------------------------------------------------------------------
     def _end_in_background(self, session: HostSession, *, save: bool) -> asyncio.Task[list[str]]:
@@ -481,7 +427,7 @@ class SessionManager:
             if (user_id is not None and s.user_id != str(user_id)) or s.process is None:
                 continue
             sup, child = s.process.pids
-            mem = await asyncio.to_thread(_private_mb, child, sup)
+            mem = await asyncio.to_thread(private_mb, child, sup)
             row = rows.setdefault(
                 s.key, {"id": s.session_id, "user_id": s.user_id, "size": None, "saved_at": None}
             )
@@ -552,19 +498,3 @@ def _cancel_unless_current(task: asyncio.Task[Any] | None) -> None:
 def _restarted_note(reason: str = "") -> str:
     why = f" ({reason})" if reason else " (it ran past its timeout or crashed)"
     return f"the session's previous process was stopped{why}: its variables are gone, this is a fresh session"
-
-
-def _private_mb(*pids: int | None) -> float | None:
-    """Private (unshared) memory of processes in MB, from smaps_rollup (None when one cannot be read)."""
-    kb = 0
-    for pid in pids:
-        if not pid:
-            return None
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                kb += sum(
-                    int(line.split()[1]) for line in fh if line.startswith(("Private_Clean", "Private_Dirty"))
-                )
-        except (OSError, ValueError, IndexError):
-            return None
-    return round(kb / 1024, 1)
