@@ -355,3 +355,17 @@ def test_the_status_example_is_what_status_returns(example_env: dict[str, str], 
 if __name__ == "__main__":
     README.write_text(readme_with_table(README.read_text()))
     print("README settings table regenerated")
+
+
+def test_the_architecture_walk_names_files_and_functions_that_exist() -> None:
+    """Each `file.py` in the README's walk exists, and each `Name` after it on its line is defined there."""
+    section = README.read_text().split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    package = REPO / "plugin" / "code_interpreter"
+    checked = 0
+    for path, names in re.findall(r"`([\w/]+\.py)`((?: `[\w.]+`)+)", section):
+        source = (package / path).read_text()
+        for name in re.findall(r"`([\w.]+)`", names):
+            last = name.split(".")[-1]
+            assert re.search(rf"^\s*(async def|def|class) {last}\b", source, re.M), f"{path} has no {name}"
+            checked += 1
+    assert checked >= 20, checked
