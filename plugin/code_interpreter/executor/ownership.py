@@ -185,8 +185,11 @@ class Ownership:
         """One query for all leases held here: hand over what another host asks for; stop what this host
         lost (taken over, or reset from anywhere) without waiting for its next renewal."""
         assert self.store is not None
+        before = dict(self.leases)
         owned = {(lease.user_id, lease.session_id): lease for lease in await self.store.owned_by(self.host)}
-        for key, mine in list(self.leases.items()):
+        for key, mine in before.items():
+            if self.leases.get(key) is not mine:
+                continue  # taken, renewed or released while the query ran: judged next time
             seen = owned.get(key)
             if seen is None or seen.epoch != mine.epoch:
                 if self.leases.pop(key, None) is not None and self.on_lost is not None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import CodeInterpreterError, LeaseLost, SessionError
 from ..files.session_store import SessionStore
+from .checkpoints import checkpoint_when_quiet
 from .executor import Executor
 from .ownership import Ownership, Taken
 from .process import ProcessGone, SandboxProcess
@@ -44,8 +45,6 @@ __all__ = ["SessionManager"]
 log = logging.getLogger("code_interpreter.sessions")
 
 SWEEP_EVERY_S = 30.0
-#: A checkpoint is taken at least this many quiet periods apart even while cells keep coming.
-CHECKPOINT_MAX_DEFER = 10
 
 
 class SessionManager:
@@ -142,6 +141,7 @@ class SessionManager:
                 except LeaseLost:  # taken over while idle here: this copy is stale
                     await self._close_stale(session)
             if session.process is None:
+                await self._ended(session.key)
                 taken = await self.owner.take(session.user_id, session.session_id, limit + self._save_s)
                 snapshot, state, cells, extra = await self._snapshot_for(session, taken)
                 session.process = ex.process(session.user_id, keep_state=True)
@@ -215,6 +215,14 @@ class SessionManager:
             return b"", "new", 0, notes
         cells = taken.lease.saved_after_cell or taken.lease.cells or 0
         return data, "restored", cells, notes
+
+    async def _ended(self, key: tuple[str, str]) -> None:
+        """Wait until an earlier copy of ``key`` on this host has finished ending (its save and release):
+        taking the lease again before that would fence its save out and restore an older snapshot."""
+        for other, task in list(self._ending.items()):
+            if other.key == key:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(task)
 
     @property
     def _save_s(self) -> float:
@@ -354,30 +362,9 @@ class SessionManager:
         if self.store is None or self.settings.session_checkpoint_s is None:
             return
         if session.checkpointer is None or session.checkpointer.done():
-            session.checkpointer = asyncio.create_task(self._checkpoint(session), name="session-checkpoint")
-
-    async def _checkpoint(self, session: HostSession) -> None:
-        """Save ``session`` in the background once it has been quiet for ``session_checkpoint_s``.
-
-        Bursts coalesce into one save (at least every :data:`CHECKPOINT_MAX_DEFER` quiet periods while cells
-        keep coming); a session whose last snapshot was over ``session_checkpoint_max_bytes`` is saved only
-        when it ends. The save runs between cells, in the user's own slot, within the save deadline.
-        """
-        quiet = float(self.settings.session_checkpoint_s)
-        dirty_since = self.clock()
-        while session.dirty and self._sessions.get(session.key) is session:
-            wait = quiet - (self.clock() - session.last_used)
-            if wait > 0 and self.clock() - dirty_since < quiet * CHECKPOINT_MAX_DEFER:
-                await asyncio.sleep(wait)
-                continue
-            if session.snapshot_bytes > self.settings.session_checkpoint_max_bytes:
-                return
-            async with session.lock:
-                process = session.process
-                if self._sessions.get(session.key) is not session or process is None or not process.alive:
-                    return
-                await self._save(session, process)
-            dirty_since = self.clock()
+            is_live = lambda: self._sessions.get(session.key) is session  # noqa: E731
+            work = checkpoint_when_quiet(session, self._save, self.settings, self.clock, is_live)
+            session.checkpointer = asyncio.create_task(work, name="session-checkpoint")
 
     async def expire_idle(self) -> int:
         """Save and stop every session idle longer than ``session_idle_s``; returns how many."""
