@@ -27,6 +27,27 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["_leaks"]
 
+#: Modules whose tests start processes of their own (servers, CLIs, hosts), kill things, or scan a lot:
+#: marked ``slow``, so ``pytest -m "not slow"`` is the inner loop (every module of the package is still
+#: imported and its core exercised: the executor, sessions, tools, files, tokens, policy, settings, layout).
+SLOW_MODULES = frozenset({
+    "test_mcp", "test_mcp_limits", "test_cli", "test_cli_chat", "test_cli_run", "test_cli_sessions",
+    "test_embedded_lifecycle", "test_storage", "test_storage_start", "test_files_cleanup",
+    "test_files_buckets", "test_sessions_hosts", "test_session_leases", "test_interpreter_packages",
+    "test_packages_runtime",
+    "test_import_candidates", "test_sandbox_trust", "test_langchain", "test_integration_openai_agents",
+    "test_integration_smolagents", "test_integration_pydantic_ai", "test_integrations_optional",
+    "test_docs", "test_first_call", "test_report", "test_store",
+})  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or "reliability" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
+
+
 # Tests never write outside the repo and temp dirs: tiktoken's seeded cache goes to a temp dir.
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", tempfile.mkdtemp(prefix="ci-test-tiktoken-"))
 
