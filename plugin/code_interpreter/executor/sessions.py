@@ -93,6 +93,8 @@ class SessionManager:
         self._ending: dict[HostSession, asyncio.Task[list[str]]] = {}
         self._pending_notes: dict[tuple[str, str], tuple[float, str]] = {}  # said by the session's next cell
         self._sweeper: asyncio.Task[None] | None = None
+        self.on_saved: Callable[[str, str, int], Awaitable[None]] | None = None
+        """Called with (user id, session id, bytes) after a snapshot is stored (the usage ledger's hook)."""
 
     # -- cells ---------------------------------------------------------------------------------------------
     async def run_cell(
@@ -287,6 +289,9 @@ class SessionManager:
                 self.clock(),
                 f"the session could not be saved when it last ended ({exc}): its variables are gone",
             )
+        else:
+            if self.on_saved is not None:
+                await self.on_saved(session.user_id, session.session_id, len(data))
         return notes
 
     async def _forget(self, session: HostSession, *, restarted: bool) -> None:
