@@ -109,14 +109,17 @@ async def test_a_session_cell_is_measured_on_its_own(interp: CodeInterpreter) ->
 
     cells = [
         await cell(ALLOC.replace("data", "kept") + SPIN),
+        await cell(ALLOC.replace("data", "passing") + "del passing\n"),
         await cell(SPIN),
         await cell(ALLOC),
         await cell("print(len(kept) + len(data))"),
     ]
-    first, spin, alloc, last = cells
+    first, passing, spin, alloc, last = cells
     assert first["cpu_seconds"] > 0.5 and _within(first["peak_memory_mb"], 300.0), first
-    # Its own spin, not the session's CPU so far; its own 300 MiB, not the 600 MiB the session holds.
+    assert _within(passing["peak_memory_mb"], 300.0), passing  # a peak, freed before the cell ended
+    # Its own spin, not the session's CPU so far, and not the peak of the cell before it.
     assert _within(spin["cpu_seconds"], 0.5) and spin["peak_memory_mb"] < 30, spin
+    # Its own 300 MiB, not the 600 MiB the session holds after it.
     assert _within(alloc["peak_memory_mb"], 300.0) and alloc["cpu_seconds"] < 1.0, alloc
     assert last["cpu_seconds"] < 0.1 and last["peak_memory_mb"] < 30, last
     records = await interp.usage.execution_records(session_id=session)
