@@ -45,8 +45,10 @@ async def test_stdout_stderr_apart_and_result_dict_shape(executor: Executor) -> 
     assert (r.success, r.output, r.stderr, r.error, r.return_code) == (True, "out\n", "err\n", None, 0)
     d = r.to_dict()
     assert set(d) == {"success", "output", "error", "execution_time", "return_code", "stderr", "truncated",
-                      "isolation", "notes", "generated_files", "session", "error_type"}  # fmt: skip
+                      "isolation", "notes", "generated_files", "session", "error_type", "usage"}  # fmt: skip
     assert d["isolation"] == "strict" and d["generated_files"] == []
+    # The executor measures; the interpreter's run path records (and then fills "usage").
+    assert d["usage"] is None and r.measured is not None and r.measured.measured_by == "cgroup"
 
 
 async def test_traceback_points_at_user_lines(executor: Executor) -> None:

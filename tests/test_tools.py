@@ -329,20 +329,12 @@ async def test_code_is_refused_before_running_once_the_budget_is_spent(
 
 
 async def test_each_execution_knows_its_tool_call_and_request(parallel_interp: CodeInterpreter) -> None:
-    """Concurrent calls of one model request: each execution's record names its own call.
-
-    Until the run path records measured usage (issue #24, being built), the record is made from
-    the execution's own ``done`` event — emitted inside ``interp.execute``, where the run path will
-    call ``record_execution`` — with made-up measures.
-    """
+    """Concurrent calls of one model request: each execution's record (the run path's) names its call."""
     seen: list[ExecutionLink] = []
 
     async def on_event(event: ExecutionEvent) -> None:
         if event.kind == "done":
             seen.append(current_link())
-            await parallel_interp.usage.record_execution(
-                ExecutionUsage(user_id=18, cpu_seconds=0.5, peak_memory_mb=50.0, wall_seconds=0.6)
-            )
 
     calls = [call({"code": f"print({i})"}, call_id=f"call_{i}") for i in range(2)]
     ctx = ToolContext(user_id=18, request_id="req-42")
@@ -354,4 +346,7 @@ async def test_each_execution_knows_its_tool_call_and_request(parallel_interp: C
     ]
     records = await parallel_interp.usage.execution_records(request_id="req-42")
     assert sorted(r.tool_call_id or "" for r in records) == ["call_0", "call_1"]
+    by_id = {r.execution_id: r for r in records}
+    for result in results:  # what each tool result carries is its own record
+        assert by_id[result.result["usage"]["execution_id"]].tool_call_id == result.tool_call_id
     assert current_link() == ExecutionLink()  # nothing leaks out of the dispatcher

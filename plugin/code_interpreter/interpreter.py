@@ -4,7 +4,8 @@ One tool call flows through :meth:`CodeInterpreter.execute` (the seed's dict) or
 (the typed result): the request is validated once (``request.py``) → policy (a courtesy for the model) →
 packages (install approved imports) → pin the user's files (``executor/pins.py``) → a sandboxed process
 (``executor/process.py``): a fresh one for a one-shot call, the user's live session otherwise
-(``executor/sessions.py``) → store generated files.
+(``executor/sessions.py``) → store generated files → record what it used (``ledger/``: the sandbox's
+measures, the bytes stored, linked to the tool call and model request that asked).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .executor import (
 from .executor.pins import PINS_DIR, STALE_PIN_MARGIN_S, pin_files, sweep_stale_pins
 from .executor.sessions import SessionManager
 from .files import FileManager
+from .ledger import ExecutionLink, ExecutionUsage, linked
 from .packages import PackageManager, ProgressCallback
 from .policy import check_code, policy_message
 from .request import ExecutionRequest
@@ -46,6 +48,8 @@ from .tokens import TokenCounter, UsageStore
 __all__ = ["CodeInterpreter"]
 
 log = logging.getLogger(__name__)
+
+_MAX_OWNERS = 10_000  # sessions remembered for their snapshot's usage record (the oldest forgotten past it)
 
 
 class CodeInterpreter:
@@ -83,6 +87,8 @@ class CodeInterpreter:
         """(mode, reason): the sandbox this host gives, resolved from ``settings.isolation``."""
         self.sessions = SessionManager(self.settings, None, self.executor)
         """Live sessions (``list``, ``reset``, ``close``); saved to the file store once started."""
+        self.sessions.on_saved = self._record_snapshot
+        self._owners: dict[tuple[str, str], int | str] = {}  # (user, session) → the user id as given
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> CodeInterpreter:
@@ -281,7 +287,9 @@ class CodeInterpreter:
                 result = await self.sessions.run_cell(
                     request.user_id, request.session_id, request.code, refs, request.timeout, (), on_event
                 )
-        return await self._store_generated(request.user_id, result.with_notes(*notes, first=True), on_event)
+        result = result.with_notes(*notes, first=True)
+        result, stored = await self._store_generated(request.user_id, result, on_event)
+        return await self._record_usage(request, result, stored)
 
     async def _prepare_packages(self, request: ExecutionRequest) -> list[str]:
         """Install what the code imports (approved only); the notes to add. PackageNotApproved if refused."""
@@ -315,24 +323,70 @@ class CodeInterpreter:
 
     async def _store_generated(
         self, user_id: str, result: ExecutionResult, on_event: EventCallback | None
-    ) -> ExecutionResult:
-        """Store each generated file in the file store: the result with their file ids."""
+    ) -> tuple[ExecutionResult, int]:
+        """Store each generated file in the file store: the result with their file ids, and the bytes added
+        (a file the store already held, deduplicated, adds none)."""
         if not result.generated:
-            return result
+            return result, 0
         stored = []
         notes: list[str] = []
+        added = 0
         for generated in result.generated:
             saved = await self.files.upload_file(user_id, generated.data, generated.filename)
             file_id = saved.get("file_id") if saved.get("success") else None
             stored.append(dataclasses.replace(generated, file_id=file_id))
             if file_id is None:
                 notes.append(f"{generated.filename} was not stored: {saved.get('error')}")
-            elif on_event is not None:
+                continue
+            if not saved.get("deduplicated"):
+                added += generated.size
+            if on_event is not None:
                 event = ExecutionEvent(
                     "file", filename=generated.filename, file_id=file_id, mime=generated.mime
                 )
                 await emit(on_event, event)
-        return result.with_files(stored).with_notes(*notes)
+        return result.with_files(stored).with_notes(*notes), added
+
+    async def _record_usage(
+        self, request: ExecutionRequest, result: ExecutionResult, stored_bytes: int
+    ) -> ExecutionResult:
+        """Record what the execution used (``interp.usage``); the result carries the record as ``usage``.
+
+        The record is linked to the tool call and model request that asked for it when the dispatcher
+        runs it (:func:`~code_interpreter.ledger.current_link`). Nothing is recorded for a call no
+        sandbox measured (refused before it ran, or lost before its report).
+        """
+        measured = result.measured
+        if measured is None:
+            return result
+        owner = request.owner if request.owner is not None else request.user_id
+        if request.session_id is not None:  # its snapshot's record names the same user (_record_snapshot)
+            self._owners[(request.user_id, request.session_id)] = owner
+            if len(self._owners) > _MAX_OWNERS:
+                del self._owners[next(iter(self._owners))]
+        usage = ExecutionUsage(
+            user_id=owner,
+            cpu_seconds=measured.cpu_seconds,
+            peak_memory_mb=measured.peak_memory_mb,
+            wall_seconds=measured.wall_seconds,
+            stored_bytes=stored_bytes,
+            session_id=request.session_id,
+            isolation=result.isolation,
+            success=result.success,
+            measured_by=measured.measured_by,
+        )
+        return result.with_usage(await self.usage.record_execution(usage))
+
+    async def _record_snapshot(self, user_id: str, session_id: str, size: int) -> None:
+        """A session's snapshot was stored: a usage record of its bytes (no tool call asked for it)."""
+        if self._usage is None:
+            return
+        owner = self._owners.pop((user_id, session_id), user_id)
+        with linked(ExecutionLink()):  # it ends a session, maybe inside another call's task: link to none
+            snapshot = ExecutionUsage(user_id=owner, cpu_seconds=0.0, peak_memory_mb=0.0, wall_seconds=0.0,
+                                      stored_bytes=size, session_id=session_id, isolation=self.isolation[0],
+                                      measured_by="snapshot")  # fmt: skip
+            await self._usage.record_execution(snapshot)
 
     async def status(self, *, start_sandbox: bool = True) -> dict[str, Any]:
         """What is running and how: storage, isolation mode and layers, runtime and packages.

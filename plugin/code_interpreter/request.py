@@ -42,6 +42,9 @@ class ExecutionRequest:
     """The session whose live process runs the code (state kept between calls); None: one-shot."""
     notes: tuple[str, ...] = ()
     """What the validation changed (a clamped timeout), for the result's notes."""
+    owner: int | str | None = None
+    """The user id as the host gave it (an int stays an int, as in the token records and the budget):
+    the key of the execution's usage record; None: ``user_id``."""
 
     @classmethod
     def build(
@@ -68,6 +71,7 @@ class ExecutionRequest:
             timeout=limit,
             session_id=_session(session_id),
             notes=(note,) if note else (),
+            owner=user_id,
         )
 
     def with_files(self, file_ids: Sequence[str]) -> ExecutionRequest:

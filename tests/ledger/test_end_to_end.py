@@ -1,11 +1,9 @@
 """A conversation end to end: model requests, their tool calls, and the sandbox cost of each, linked.
 
 run_agent with the real openai SDK against a scripted server on 127.0.0.1, the real sandbox and the
-real database. The run path that measures executions is being rebuilt (issue #24): until it calls
-``interp.usage.record_execution`` itself, the first test records each execution from its ``done``
-event — emitted inside ``interp.execute``, where the run path will call it — with made-up measures,
-which proves the links; the second test, marked xfail(strict) for the lead, asserts what the run
-path must do and starts passing (then failing as XPASS, so the mark is removed) once it does.
+real database. The run path measures each execution in the sandbox and records it
+(``interp.usage.record_execution``), linked by the dispatcher to the tool call and the request
+that asked for it; ``result["usage"]`` is that record.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import openai
 import pytest
 
 from code_interpreter.agent import AgentRetry, run_agent
-from code_interpreter.executor import ExecutionEvent
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.ledger import ExecutionUsage
 from code_interpreter.settings import Settings
@@ -42,7 +39,9 @@ def _script() -> list[Any]:
         ),
         completion(
             None,
-            [tool_call("execute_python_code", {"code": "print(x + 1)"}, "call_c")],
+            # 16 MiB more than the session held: a cell's peak memory is what it adds (a bare print adds
+            # no page, and honestly measures 0).
+            [tool_call("execute_python_code", {"code": "y = b'y' * 2**24\nprint(x + 1)"}, "call_c")],
             prompt_tokens=400,
             completion_tokens=20,
         ),
@@ -68,26 +67,28 @@ async def _converse(interp: CodeInterpreter, **kwargs: Any) -> Any:
 
 
 async def test_a_request_its_tool_calls_and_their_sandbox_cost(interp: CodeInterpreter) -> None:
-    async def measured(event: ExecutionEvent) -> None:  # stands in for the run path's measurement
-        if event.kind == "done":
-            await interp.usage.record_execution(
-                ExecutionUsage(
-                    user_id=31, cpu_seconds=0.5, peak_memory_mb=80.0, wall_seconds=0.7, session_id="conv-1"
-                )
-            )
-
-    result = await _converse(interp, on_event=measured)
+    result = await _converse(interp)
     assert result.stop_reason == "completed" and result.final_text == "42, 45 and 43."
     first, second, last = (r.request_id for r in result.requests)
     calls = {rid: sorted(r.tool_call_id or "" for r in await interp.usage.execution_records(request_id=rid))
              for rid in (first, second, last)}  # fmt: skip
     assert calls == {first: ["call_a", "call_b"], second: ["call_c"], last: []}
 
+    # What each tool result carries is its record, with the tokens the model read of it.
+    records = {r.execution_id: r for r in await interp.usage.execution_records(session_id="conv-1")}
+    for tool_result in result.tool_results:
+        usage = tool_result.result["usage"]
+        record = records[usage["execution_id"]]
+        assert record.tool_call_id == tool_result.tool_call_id
+        assert record.result_tokens == usage["result_tokens"] and usage["result_tokens"] > 10
+        assert usage["cost_usd"] == pytest.approx(record.cost_usd)
+
     # The conversation summed end to end: its three requests and its three executions.
     [conversation] = await interp.usage.cost_summary(group_by="session")
     assert conversation["session_id"] == "conv-1"
     assert (conversation["requests"], conversation["executions"]) == (3, 3)
-    assert conversation["input_tokens"] == 1200 and conversation["cpu_seconds"] == pytest.approx(1.5)
+    assert conversation["input_tokens"] == 1200
+    assert conversation["cpu_seconds"] == pytest.approx(sum(r.cpu_seconds for r in records.values()))
     assert conversation["sandbox_cost_usd"] > 0 and conversation["token_cost_usd"] > 0
     assert conversation["cost_usd"] == pytest.approx(
         conversation["token_cost_usd"] + conversation["sandbox_cost_usd"]
@@ -97,13 +98,7 @@ async def test_a_request_its_tool_calls_and_their_sandbox_cost(interp: CodeInter
     assert await interp.usage.spent_today(31) == pytest.approx(conversation["cost_usd"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LEAD (issue #24): the run path must measure every execution and call "
-    "`await interp.usage.record_execution(ExecutionUsage(...))` in interp.execute, and put the record's "
-    "to_dict() in result['usage']; remove this mark when it does",
-)
-async def test_LEAD_the_run_path_records_every_execution_measured(interp: CodeInterpreter) -> None:
+async def test_the_run_path_records_every_execution_measured(interp: CodeInterpreter) -> None:
     result = await _converse(interp)
     assert result.stop_reason == "completed"
     for tool_result in result.tool_results:
@@ -115,7 +110,7 @@ async def test_LEAD_the_run_path_records_every_execution_measured(interp: CodeIn
     assert sorted(r.tool_call_id or "" for r in records) == ["call_a", "call_b"]
     assert all(r.session_id == "conv-1" and r.isolation and r.success for r in records)
     [third] = await interp.usage.execution_records(request_id=second)
-    assert third.tool_call_id == "call_c" and third.peak_memory_mb > 0
+    assert third.tool_call_id == "call_c" and 14 < third.peak_memory_mb < 40
 
 
 async def test_the_budget_before_a_request_counts_sandbox_cost(

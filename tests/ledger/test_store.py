@@ -1,8 +1,8 @@
 """Execution records in the database: batched writes, nothing lost on close, totals, budgets, summaries.
 
-Against the real test server. The run path that measures executions is being rebuilt, so these
-tests build ExecutionUsage values directly and hand them to the entry point the run path calls
-(``interp.usage.record_execution``).
+Against the real test server. These tests build ExecutionUsage values directly and hand them to
+the entry point the run path calls (``interp.usage.record_execution``); the run path itself is
+tested in ``test_run_usage.py`` and ``test_end_to_end.py``.
 """
 
 from __future__ import annotations
@@ -265,6 +265,33 @@ async def test_tokens_and_sandbox_side_by_side(mongo_db: AsyncDatabase[Any]) -> 
         ]
         with pytest.raises(ValueError, match="group_by"):
             await store.cost_summary(group_by="hour")  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+async def test_result_tokens_reach_the_record_buffered_in_flight_or_written(
+    mongo_db: AsyncDatabase[Any],
+) -> None:
+    """The dispatcher knows what the model read only after the run path recorded the execution."""
+    store = UsageStore(mongo_db, compute_prices=PRICES, flush_every=100, flush_interval_s=60)
+    try:
+        buffered, in_flight, written = [await store.record_execution(run(cpu=c)) for c in (1.0, 2.0, 3.0)]
+        out = await store.set_result_tokens(buffered, 11)  # replaced in the buffer: no write
+        assert out.result_tokens == 11 and out.execution_id == buffered.execution_id
+        assert store.executions.pending == 3 and await mongo_db[COLLECTION].count_documents({}) == 0
+
+        flushing = asyncio.create_task(store.flush())
+        await asyncio.sleep(0)  # the flush took the batch and is writing it
+        assert store.executions.pending == 0
+        await store.set_result_tokens(in_flight, 22)  # waits for that write, then updates the record
+        assert await flushing == 3
+        await store.set_result_tokens(written, 33)
+
+        docs = {d["_id"]: d async for d in mongo_db[COLLECTION].find({})}
+        assert [docs[u.execution_id]["result_tokens"] for u in (buffered, in_flight, written)] == [11, 22, 33]
+        assert docs[written.execution_id]["cost_usd"] == pytest.approx(0.003)  # nothing else changed
+        with pytest.raises(ValueError, match="result_tokens"):
+            await store.set_result_tokens(written, -1)
     finally:
         await store.close()
 

@@ -20,7 +20,15 @@ from __future__ import annotations
 from .executor import Executor
 from .isolation import isolation_problem, resolve_isolation
 from .process import SandboxProcess, unique_name
-from .results import EventCallback, ExecutionEvent, ExecutionResult, FileRef, GeneratedFile, SessionInfo
+from .results import (
+    EventCallback,
+    ExecutionEvent,
+    ExecutionResult,
+    FileRef,
+    GeneratedFile,
+    MeasuredUsage,
+    SessionInfo,
+)
 from .slots import emit
 
 __all__ = [
@@ -30,6 +38,7 @@ __all__ = [
     "Executor",
     "FileRef",
     "GeneratedFile",
+    "MeasuredUsage",
     "SandboxProcess",
     "SessionInfo",
     "emit",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..files.names import safe_filename
-from .results import ExecutionResult, GeneratedFile
+from .results import ExecutionResult, GeneratedFile, MeasuredUsage
 
-__all__ = ["Outcome", "from_report", "relative_name"]
+__all__ = ["Outcome", "from_report", "measured_usage", "relative_name"]
 
 # The last line of a traceback names the exception: "ZeroDivisionError: division by zero".
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
@@ -111,6 +112,22 @@ def _error(header: dict[str, Any], outcome: Outcome, stderr: str, rc: int) -> tu
     return error, kind or "SystemExit"
 
 
+def measured_usage(usage: object) -> MeasuredUsage | None:
+    """The supervisor's measures of a cell (its ``usage`` field); None when absent or malformed."""
+    if not isinstance(usage, dict):
+        return None
+    numbers = []
+    for key in ("cpu_seconds", "peak_memory_bytes", "wall_seconds"):
+        value = usage.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        numbers.append(max(0.0, float(value)))
+    cpu, peak, wall = numbers
+    sources = {str(usage.get("cpu_source") or "")[:20], str(usage.get("memory_source") or "")[:20]} - {""}
+    by = "+".join(sorted(sources)) or "unknown"
+    return MeasuredUsage(round(cpu, 6), round(peak / 2**20, 3), round(wall, 6), by)
+
+
 def from_report(
     header: dict[str, Any], blobs: list[bytes], outcome: Outcome, elapsed: float
 ) -> ExecutionResult:
@@ -139,5 +156,5 @@ def from_report(
     return ExecutionResult(
         success=error is None, output=stdout, error=error, stderr=stderr, execution_time=elapsed,
         return_code=rc, truncated=truncated, isolation=outcome.mode, generated=generated, notes=tuple(notes),
-        error_type=error_type,
+        error_type=error_type, measured=measured_usage(header.get("usage")),
     )  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import errors
+from ..ledger import ExecutionUsage
 
 __all__ = [
     "EventCallback",
@@ -24,6 +25,7 @@ __all__ = [
     "ExecutionResult",
     "FileRef",
     "GeneratedFile",
+    "MeasuredUsage",
     "SessionInfo",
 ]
 
@@ -96,6 +98,21 @@ class SessionInfo:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class MeasuredUsage:
+    """What the sandbox's supervisor measured of one cell, from the kernel (never from the code's process)."""
+
+    cpu_seconds: float
+    """CPU time (user + system) of every process of the execution, its children included."""
+    peak_memory_mb: float
+    """Peak memory the cell added (MiB) over what was resident when it started."""
+    wall_seconds: float
+    """From handing the cell to the sandboxed process to its report (or its deadline)."""
+    measured_by: str
+    """Where the figures come from: ``cgroup``, ``procfs``, or ``cgroup+procfs`` (CPU from one, memory from
+    the other); see ``runtime/meter.py`` for what each can see."""
+
+
 #: ``error_type`` of a failure → the exception :meth:`ExecutionResult.raise_for_error` raises.
 _RAISES: dict[str, type[errors.CodeInterpreterError]] = {
     cls.__name__: cls
@@ -139,6 +156,10 @@ class ExecutionResult:
     """Why it failed: the code's own exception name (``ZeroDivisionError``), ``SystemExit``, or the name of
     this package's exception for what stopped it (``SandboxTimeout``, ``PolicyViolation`` …); None on
     success."""
+    measured: MeasuredUsage | None = None
+    """The sandbox's measures of the cell; None when no sandbox ran it (refused, or lost before reporting)."""
+    usage: ExecutionUsage | None = None
+    """The execution's usage record (measures, bytes stored, links, cost) once the run path recorded it."""
 
     @classmethod
     def failed(
@@ -170,6 +191,10 @@ class ExecutionResult:
         """A copy that names its session."""
         return dataclasses.replace(self, session=session)
 
+    def with_usage(self, usage: ExecutionUsage | None) -> ExecutionResult:
+        """A copy carrying its usage record (``to_dict()["usage"]``)."""
+        return dataclasses.replace(self, usage=usage)
+
     def raise_for_error(self) -> ExecutionResult:
         """Return self when it succeeded; else raise the exception matching ``error_type``.
 
@@ -184,7 +209,12 @@ class ExecutionResult:
         raise exc
 
     def to_dict(self) -> dict[str, Any]:
-        """The seed's result dict (generated files under ``generated_files``; ``error`` is "" on success)."""
+        """The seed's result dict (generated files under ``generated_files``; ``error`` is "" on success).
+
+        ``usage`` is the usage record's :meth:`~code_interpreter.ledger.ExecutionUsage.to_dict`
+        (``cpu_seconds``, ``peak_memory_mb``, ``wall_seconds``, ``stored_bytes``, ``cost_usd`` …), None
+        when nothing ran.
+        """
         return {
             "success": self.success,
             "output": self.output,
@@ -198,6 +228,7 @@ class ExecutionResult:
             "generated_files": [g.to_dict() for g in self.generated],
             "session": self.session.to_dict() if self.session is not None else None,
             "error_type": self.error_type,
+            "usage": self.usage.to_dict() if self.usage is not None else None,
         }
 
 

@@ -69,6 +69,9 @@ class SessionManager:
         self._ending: dict[HostSession, asyncio.Task[list[str]]] = {}
         self._pending_notes: dict[tuple[str, str], tuple[float, str]] = {}  # said by the session's next cell
         self._sweeper: asyncio.Task[None] | None = None
+        self.on_saved: Callable[[str, str, int], Awaitable[None]] | None = None
+        """Called with (user id, session id, bytes added to the store) after a snapshot replaced the last one
+        (the usage ledger's hook: a snapshot no bigger than the one it replaced adds nothing)."""
 
     @property
     def store(self) -> SessionStore | None:
@@ -315,7 +318,10 @@ class SessionManager:
             )
             return [f"not saved: {exc}"]
         session.dirty = False
+        added = max(0, len(data) - session.snapshot_bytes)  # it replaced the last one (or a checkpoint)
         session.snapshot_bytes = len(data)
+        if self.on_saved is not None and added:
+            await self.on_saved(session.user_id, session.session_id, added)
         return notes
 
     async def _forget(self, session: HostSession, *, restarted: bool) -> None:

@@ -16,6 +16,7 @@ of the server (one fsync per batch, off the call path).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -162,6 +163,43 @@ class ExecutionLedger:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain(), name="usage-ledger-flush")
         return usage
+
+    async def set_result_tokens(self, usage: ExecutionUsage, tokens: int) -> ExecutionUsage:
+        """``usage`` (as :meth:`record` returned it) with ``result_tokens``, in its record too.
+
+        The tokens are known only once the result is rendered for the model, after it was recorded:
+        a buffered record is replaced (no write), one already written is updated.
+
+        Raises:
+            StorageUnavailable: the written record could not be updated.
+        """
+        amended = dataclasses.replace(usage, result_tokens=tokens)
+        if self._replace_pending(amended):
+            return amended
+        async with self._lock:  # a batch being written now is written (or put back) when this is held
+            if self._replace_pending(amended):
+                return amended
+
+            async def op() -> None:
+                await self._records_ack.update_one(
+                    {"_id": usage.execution_id}, {"$set": {"result_tokens": tokens}}
+                )
+
+            try:
+                await self._retrying(op, "update an execution usage record")
+            except PyMongoError as exc:
+                raise StorageUnavailable(
+                    f"could not update execution usage record {usage.execution_id}: {exc}; check the "
+                    "server's logs and that this user may write the database"
+                ) from exc
+        return amended
+
+    def _replace_pending(self, usage: ExecutionUsage) -> bool:
+        for i in range(len(self._pending) - 1, -1, -1):  # the newest are at the end
+            if self._pending[i].execution_id == usage.execution_id:
+                self._pending[i] = usage
+                return True
+        return False
 
     def pending_cost(self, user_id: Any, day: str) -> float:
         """USD of ``user_id``'s records of ``day`` not written yet."""

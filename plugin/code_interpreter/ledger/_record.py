@@ -58,6 +58,9 @@ class ExecutionUsage:
     """What it cost by resource; None: priced with the operator's compute prices when recorded."""
     execution_id: str = field(default_factory=_new_id)
     """The record's id, unique per execution."""
+    measured_by: str = ""
+    """Where the measures come from: ``cgroup``, ``procfs`` or ``cgroup+procfs`` (the sandbox's supervisor),
+    ``snapshot`` for a session's saved snapshot (its bytes only); "" when not measured by the run path."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_seconds", "peak_memory_mb", "wall_seconds"):
@@ -127,6 +130,7 @@ class ExecutionUsage:
             "result_tokens": self.result_tokens,
             "cost_usd": self.cost_usd,
             "cost": None if self.cost is None else self.cost.to_dict(),
+            "measured_by": self.measured_by,
         }
 
     def to_document(self) -> dict[str, Any]:
@@ -162,6 +166,7 @@ class ExecutionUsage:
             if cost is None
             else ComputeCost(float(cost["cpu_usd"]), float(cost["memory_usd"]), float(cost["storage_usd"])),
             execution_id=str(doc["_id"]),
+            measured_by=str(doc.get("measured_by") or ""),
         )
 
 

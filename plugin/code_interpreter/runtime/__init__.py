@@ -2,6 +2,7 @@
 
 Everything here is one program on the runtime side of the sandbox: :mod:`.zygote` (the warm fork
 server), :mod:`.supervisor` and :mod:`.watch` (one per execution: feeds and watches the child),
+:mod:`.meter` (what each cell used, read from the kernel by the supervisor),
 :mod:`.child` (the sandboxed process: sets up isolation, then runs cells), :mod:`.streams` (what the
 supervisor reads from the child), :mod:`.sandbox` (the isolation layers), :mod:`.inside` (the code
 that runs in the user's process) and :mod:`.protocol` (every frame, declared once), plus

@@ -58,6 +58,9 @@ def main(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int)
                 runner = inside.CellRunner(work, keep_state=bool(msg.get("keep_state")))
             _cell(warm, msg, work, runner)
             if not runner.keep_state:
+                # Stay until the supervisor has measured this process (runtime/meter.py) and ends it.
+                with contextlib.suppress(BaseException):
+                    read_frame(REQ_FD, REQUEST_TO_CHILD)
                 os._exit(0)
         elif op == Op.SAVE and runner is not None:
             _save(runner, msg["cap"])

@@ -13,7 +13,8 @@ Channels:
   → ``ready`` ``failed``. The zygote never sees code, file names or results.
 * **warm** (zygote → a warm supervisor): ``go`` (+ the execution socket's fd).
 * **execution** (host ↔ supervisor): ``start`` ``cell`` (+ a snapshot to restore) ``interrupt`` ``save``
-  ``close`` → ``started`` ``event`` ``result`` (+ generated files) ``snapshot`` (+ its bytes) ``ended``.
+  ``close`` → ``started`` ``event`` ``result`` (+ generated files; with the cell's measured ``usage``)
+  ``snapshot`` (+ its bytes) ``ended``.
 * **request** (supervisor → child, a socket the child can only read): ``cell`` (+ snapshot) ``save`` ``exit``.
 * **status** (child → supervisor, a pipe): ``ready`` ``setup_error`` ``done`` (+ files) ``snapshot``
   (+ bytes).
@@ -106,7 +107,8 @@ SHAPES: dict[Op, Shape] = {
     Op.CLOSE: _shape(4 * KIB),
     Op.STARTED: _shape(64 * KIB, version=int, supervisor_pid=int, child_pid=int),
     Op.EVENT: _shape(2 * MIB, stream=str, text=str),
-    Op.RESULT: _shape(MAX_FRAME, status=str, alive=bool, files=list, notes=list),
+    # ``usage``: the supervisor's measures of the cell (runtime/meter.py), absent when it did not run.
+    Op.RESULT: _shape(MAX_FRAME, {"usage": dict}, status=str, alive=bool, files=list, notes=list),
     Op.SNAPSHOT: _shape(64 * KIB, size=int, notes=list),
     Op.ENDED: _shape(64 * KIB, reason=str),
     Op.EXIT: _shape(4 * KIB),

@@ -33,6 +33,7 @@ import traceback
 from typing import NoReturn
 
 from . import child, sandbox
+from .meter import Meter
 from .protocol import (
     MAX_FRAME,
     MIB,
@@ -187,6 +188,7 @@ def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
         chan.send(Op.RESULT, status="setup_error", error=warm.error, alive=False, files=[], notes=[])
         return
     warm.pidfd = os.pidfd_open(warm.pid)
+    warm.meter = Meter(warm.pid, warm.cgroup)
     warm.poller = select.poll()
     for fd in (warm.pidfd, warm.fds["out"], warm.fds["err"], warm.fds["st"], chan.fd):
         warm.poller.register(fd, select.POLLIN)
@@ -226,6 +228,8 @@ def _cell(warm: Warm, chan: HostChannel, req: Frame, keep_state: bool) -> tuple[
     keys = ("file_id", "path", "filename", "type", "name")
     fields = {"code": req["code"], "timeout": req["timeout"], "keep_state": keep_state,
               "restore": len(snapshot), "files": [{k: f[k] for k in keys} for f in files]}  # fmt: skip
+    if warm.meter is not None:
+        warm.meter.begin()  # what the cell uses is counted from here (runtime/meter.py)
     try:
         send(warm.fds["req"], Op.CELL, [snapshot] if snapshot else [], time.monotonic() + CHILD_WRITE_S,
              **fields)  # fmt: skip

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import RuntimeConfig
+from .meter import Meter
 from .sandbox.cgroups import ExecCgroup
 from .streams import StatusReader
 
@@ -47,3 +48,4 @@ class Warm:
     status: StatusReader = field(default_factory=lambda: StatusReader(0, 0, 0))
     shown: set[str] = field(default_factory=set)
     background: dict[int, bytearray] = field(default_factory=dict)
+    meter: Meter | None = None

@@ -158,7 +158,10 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
             cell.timed_out = True
             break
         warm.poller.modify(chan.fd, select.POLLIN | (select.POLLOUT if chan.outbox else 0))
-        for fd, _ev in warm.poller.poll(max(1, int((cell.deadline - now) * 1000) + 1)):
+        wait = cell.deadline - now
+        if warm.meter is not None:
+            wait = min(wait, warm.meter.sample_if_due(now))
+        for fd, _ev in warm.poller.poll(max(1, int(wait * 1000) + 1)):
             if fd == warm.pidfd:
                 exited = True
             elif fd == chan.fd:
@@ -172,6 +175,8 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
                 _read(warm, cell, chan, fd)
         if status.items:
             done = status.items.popleft()
+    # Measured before anything is killed: a killed process's CPU time is lost with it outside cgroups.
+    usage = warm.meter.end() if warm.meter is not None else None
     if done is None and not cell.timed_out:
         # No report yet: the child died, or garbled its report. Kill it, then read every pipe to EOF (a
         # one-shot child may exit right after writing its report), and the exit status says the rest.
@@ -188,7 +193,8 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
             done = status.items.popleft()
         alive = False
     else:
-        alive = done is not None and not exited
+        # A one-shot child waits after its report (to be measured alive); it is done now.
+        alive = done is not None and not exited and cell.interruptible
         if not alive:
             # Out of time: pid 1 of the namespace dies, and every process of the execution with it.
             with contextlib.suppress(ProcessLookupError):
@@ -197,7 +203,10 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         # bomb's hundreds of ms) happens after the result is sent.
         _drain_now(warm, cell, chan)
     elapsed = time.monotonic() - cell.started
-    return _header(warm, cell, chan, done, alive, elapsed), (done[2] if done is not None else [])
+    header = _header(warm, cell, chan, done, alive, elapsed)
+    if usage is not None:
+        header["usage"] = usage
+    return header, (done[2] if done is not None else [])
 
 
 def kill_child(warm: Warm) -> None:

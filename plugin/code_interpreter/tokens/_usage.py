@@ -14,6 +14,7 @@ added, so totals never count a request twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -345,6 +346,18 @@ class UsageStore:
         :func:`~code_interpreter.ledger.current_link` (call it in the task that runs the tool call).
         """
         return self.executions.record(usage)
+
+    async def set_result_tokens(self, usage: ExecutionUsage, tokens: int) -> ExecutionUsage:
+        """Add the tokens of what the model read of an execution's result to its record; return the record.
+
+        The dispatcher calls it once it has rendered the result (after the run path recorded it). A
+        record the database cannot update keeps no count (logged): the tool call goes on.
+        """
+        try:
+            return await self.executions.set_result_tokens(usage, tokens)
+        except CodeInterpreterError as exc:
+            log.warning("execution %s: its result tokens were not recorded: %s", usage.execution_id, exc)
+            return dataclasses.replace(usage, result_tokens=tokens)
 
     async def flush(self) -> int:
         """Write the buffered execution records now; return how many.

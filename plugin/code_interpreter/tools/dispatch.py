@@ -21,7 +21,7 @@ from ..errors import CodeInterpreterError
 from ..executor import EventCallback, ExecutionEvent, ExecutionResult
 from ..ledger import ExecutionLink, linked
 from ..request import ExecutionRequest
-from .render import function_call_output, image_parts, render_for_model, supports_vision
+from .render import function_call_output, image_parts, read_tokens, render_for_model, supports_vision
 from .schema import EXECUTE_TOOL, SCHEMA_NAMES, validate_arguments
 
 if TYPE_CHECKING:
@@ -300,6 +300,9 @@ class ToolDispatcher:
             call.name, view, max_tokens=self.interp.settings.max_tool_output_tokens, model=context.model
         )
         images = image_parts(view["generated_files"], context.max_images) if context.wants_images else ()
+        if result.usage is not None:  # what the model reads of it, in its usage record
+            read = await read_tokens(content, images, context.model)
+            result = result.with_usage(await self.interp.usage.set_result_tokens(result.usage, read))
         return ToolResult(
             call.call_id, call.name, content, result, is_error=not result.success, images=images
         )

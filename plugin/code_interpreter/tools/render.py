@@ -16,6 +16,7 @@ import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..tokens import count_message_tokens, count_text_tokens
 from .hints import hint_for
 from .trim import fit_streams
 
@@ -25,6 +26,7 @@ __all__ = [
     "function_call_output",
     "image_parts",
     "images_message",
+    "read_tokens",
     "render_content",
     "render_for_model",
     "supports_vision",
@@ -163,6 +165,28 @@ async def render_for_model(
     if max_tokens and size > max(max_tokens, _OFF_LOOP_CHARS):
         return await asyncio.to_thread(render_content, name, result, max_tokens=max_tokens, model=model)
     return render_content(name, result, max_tokens=max_tokens, model=model)
+
+
+#: The tokenizer used when the model is not known (o200k_base, as the trim's).
+_DEFAULT_MODEL = "gpt-4o"
+
+
+def _read_tokens(content: str, images: Sequence[dict[str, Any]], model: str) -> int:
+    text = count_text_tokens(content, model)
+    if not images:
+        return text
+    # The images' own tokens: the message holding them, less the same message empty.
+    with_images = count_message_tokens([{"role": "user", "content": list(images)}], model)
+    return text + with_images - count_message_tokens([{"role": "user", "content": ""}], model)
+
+
+async def read_tokens(content: str, images: Sequence[dict[str, Any]], model: str | None) -> int:
+    """Tokens the model reads of a tool's answer: its text and the images attached for it (the usage
+    record's ``result_tokens``); counted with ``model``'s tokenizer, o200k_base when None."""
+    name = model or _DEFAULT_MODEL
+    if len(content) > _OFF_LOOP_CHARS:
+        return await asyncio.to_thread(_read_tokens, content, images, name)
+    return _read_tokens(content, images, name)
 
 
 def image_parts(files: Iterable[dict[str, Any]], limit: int) -> tuple[dict[str, Any], ...]:

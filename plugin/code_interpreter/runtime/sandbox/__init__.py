@@ -9,7 +9,8 @@ Layers, in the order the supervisor and the child apply them:
   namespace in ``namespaces`` mode);
 * ``mounts``: private propagation first, then a tmpfs root with read-only binds of the system dirs and
   the runtime, a size-limited ``/work`` and ``/tmp``, read-only inputs, ``pivot_root``;
-* ``cgroups``: per-execution v1 ``memory`` and ``pids`` controllers where writable;
+* ``cgroups``: per-execution v1 ``memory`` and ``pids`` controllers where writable (and ``cpuacct``, which
+  only counts, for the meter);
 * ``limits``: rlimits (CPU, file size, open files, processes, core 0, address space without a memory cgroup);
 * ``identity``: capability bounding set emptied, groups cleared, uid/gid dropped, no_new_privs;
 * ``seccomp``: a deny-list loaded last.

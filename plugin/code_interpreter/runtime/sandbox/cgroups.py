@@ -1,8 +1,10 @@
-"""Per-execution cgroup v1 ``memory`` and ``pids`` controllers, nested under the zygote's own cgroup.
+"""Per-execution cgroup v1 ``memory``, ``pids`` and ``cpuacct`` controllers, nested under the zygote's own.
 
 RLIMIT_NPROC counts every process of the sandbox uid system-wide, so concurrent executions would
 share it; a ``pids`` cgroup per execution gives each its own process budget, and a ``memory`` cgroup
 bounds RSS plus tmpfs pages (the work dir) without the address-space limit that breaks numpy.
+``cpuacct`` limits nothing: it counts the CPU time of every process of the execution, exited ones
+included, for the meter (``runtime/meter.py``, which also reads the memory cgroup's peak).
 Nesting under the cgroup the zygote already lives in keeps the host's accounting intact.
 """
 
@@ -12,7 +14,9 @@ import contextlib
 import os
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-CONTROLLERS = ("memory", "pids")
+CONTROLLERS = ("memory", "pids", "cpuacct")
+LIMITS = ("memory", "pids")
+"""The controllers that limit (reported as layers); ``cpuacct`` only counts."""
 BASE_PREFIX = "code-interpreter-"
 
 
@@ -131,7 +135,8 @@ class ExecCgroup:
     def __init__(self, bases: dict[str, str], name: str, memory_mb: int, max_pids: int) -> None:
         self.dirs: dict[str, str] = {}
         self.procs_fds: list[int] = []
-        self.memory_fd: int | None = None
+        self.dir_fds: dict[str, int] = {}
+        """Open directories of the controllers read later (``memory``, ``cpuacct``), by controller."""
         for ctrl, base in bases.items():
             path = os.path.join(base, name)
             try:
@@ -142,20 +147,29 @@ class ExecCgroup:
                     _write(os.path.join(path, "memory.limit_in_bytes"), limit)
                     with contextlib.suppress(OSError):
                         _write(os.path.join(path, "memory.memsw.limit_in_bytes"), limit)
-                    self.memory_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-                else:
+                elif ctrl == "pids":
                     _write(os.path.join(path, "pids.max"), str(max_pids))
+                if ctrl != "pids":
+                    self.dir_fds[ctrl] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
                 self.procs_fds.append(os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY))
             except OSError:
                 # A controller we cannot configure is dropped rather than half-applied.
                 self.dirs.pop(ctrl, None)
+                opened = self.dir_fds.pop(ctrl, None)
+                if opened is not None:
+                    os.close(opened)
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
 
     @property
+    def memory_fd(self) -> int | None:
+        """The open directory of the memory cgroup, None without one."""
+        return self.dir_fds.get("memory")
+
+    @property
     def active(self) -> dict[str, bool]:
         """Which controllers this execution is limited by."""
-        return {f"cgroup_{ctrl}": ctrl in self.dirs for ctrl in CONTROLLERS}
+        return {f"cgroup_{ctrl}": ctrl in self.dirs for ctrl in LIMITS}
 
     def join(self) -> None:
         """Move the calling process (the child, still root) into every controller, then drop the fds."""
@@ -195,10 +209,10 @@ class ExecCgroup:
     def remove(self) -> None:
         """Remove the execution's cgroups (every process in them is gone by now)."""
         self.close_fds()
-        if self.memory_fd is not None:
+        for fd in self.dir_fds.values():
             with contextlib.suppress(OSError):
-                os.close(self.memory_fd)
-            self.memory_fd = None
+                os.close(fd)
+        self.dir_fds = {}
         for path in self.dirs.values():
             remove_tree(path)
         self.dirs = {}
