@@ -96,6 +96,7 @@ def _isolate(warm: Warm) -> None:
     c.unshare(flags)
     if namespaces:
         sandbox.identity.write_id_maps(0, outer_uid, outer_gid)
+    sandbox.network.loopback_up()  # the new namespace's own lo: 127.0.0.1 inside, nothing outside
     warm.layers.update(netns=True, mountns=True, pidns=True, ipcns=True, utsns=True, userns=namespaces)
     sandbox.mounts.make_private()
     uid, gid = (cfg.uid, cfg.gid) if warm.ctx.mode == "strict" else (0, 0)
