@@ -106,7 +106,7 @@ SHAPES: dict[Op, Shape] = {
     Op.CLOSE: _shape(4 * KIB),
     Op.STARTED: _shape(64 * KIB, version=int, supervisor_pid=int, child_pid=int),
     Op.EVENT: _shape(2 * MIB, stream=str, text=str),
-    Op.RESULT: _shape(MAX_FRAME, status=str, alive=bool, files=list, notes=list),
+    Op.RESULT: _shape(MAX_FRAME, {"blocked": dict}, status=str, alive=bool, files=list, notes=list),
     Op.SNAPSHOT: _shape(64 * KIB, size=int, notes=list),
     Op.ENDED: _shape(64 * KIB, reason=str),
     Op.EXIT: _shape(4 * KIB),

@@ -47,3 +47,5 @@ class Warm:
     status: StatusReader = field(default_factory=lambda: StatusReader(0, 0, 0))
     shown: set[str] = field(default_factory=set)
     background: dict[int, bytearray] = field(default_factory=dict)
+    listener: Any = None
+    """The seccomp listener thread (``sandbox.notify.Listener``) once the child is forked."""

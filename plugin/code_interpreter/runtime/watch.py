@@ -158,9 +158,11 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
             cell.timed_out = True
             break
         warm.poller.modify(chan.fd, select.POLLIN | (select.POLLOUT if chan.outbox else 0))
-        for fd, _ev in warm.poller.poll(max(1, int((cell.deadline - now) * 1000) + 1)):
+        for fd, event in warm.poller.poll(max(1, int((cell.deadline - now) * 1000) + 1)):
             if fd == warm.pidfd:
                 exited = True
+            elif warm.listener is not None and fd == warm.listener.fd:
+                answer_filter(warm, warm.poller, event)
             elif fd == chan.fd:
                 chan.flush()
                 chan.read()
@@ -176,7 +178,7 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         # No report yet: the child died, or garbled its report. Kill it, then read every pipe to EOF (a
         # one-shot child may exit right after writing its report), and the exit status says the rest.
         kill_child(warm)
-        for fd in (warm.pidfd, chan.fd):
+        for fd in (warm.pidfd, chan.fd, warm.listener.fd if warm.listener is not None else -1):
             with contextlib.suppress(KeyError, ValueError):
                 warm.poller.unregister(fd)
         drain_until = time.monotonic() + DRAIN_S
@@ -198,6 +200,13 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         _drain_now(warm, cell, chan)
     elapsed = time.monotonic() - cell.started
     return _header(warm, cell, chan, done, alive, elapsed), (done[2] if done is not None else [])
+
+
+def answer_filter(warm: Warm, poller: select.poll, event: int) -> None:
+    """Answer the child's next call outside the seccomp allowlist; stop polling the listener once unused."""
+    if not warm.listener.answer(event):
+        with contextlib.suppress(KeyError, ValueError):
+            poller.unregister(warm.listener.fd)
 
 
 def kill_child(warm: Warm) -> None:

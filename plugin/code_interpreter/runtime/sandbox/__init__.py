@@ -12,14 +12,15 @@ Layers, in the order the supervisor and the child apply them:
 * ``cgroups``: per-execution v1 ``memory`` and ``pids`` controllers where writable;
 * ``limits``: rlimits (CPU, file size, open files, processes, core 0, address space without a memory cgroup);
 * ``identity``: capability bounding set emptied, groups cleared, uid/gid dropped, no_new_privs;
-* ``seccomp``: a deny-list loaded last.
+* ``seccomp``: an allowlist loaded last; ``notify``: the supervisor's thread that refuses (EPERM) and
+  counts the calls outside it.
 """
 
 from __future__ import annotations
 
-from . import _libc, cgroups, identity, limits, mounts, network, seccomp
+from . import _libc, cgroups, identity, limits, mounts, network, notify, seccomp
 
-__all__ = ["LAYERS", "_libc", "cgroups", "identity", "limits", "mounts", "network", "seccomp"]
+__all__ = ["LAYERS", "_libc", "cgroups", "identity", "limits", "mounts", "network", "notify", "seccomp"]
 
 #: Layer names reported by ``Executor.status()`` (True when active for the current mode).
 LAYERS = (
