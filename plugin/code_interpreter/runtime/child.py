@@ -146,7 +146,8 @@ def _environment(mode: str, work: str) -> None:
     tmp = "/tmp" if mode != "none" else work
     os.environ.clear()
     os.environ.update(
-        PATH="/usr/local/bin:/usr/bin:/bin",
+        # ``python`` and ``python3`` are the runtime's own interpreter (its venv's bin first).
+        PATH=os.pathsep.join((os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin")),
         HOME=work,
         TMPDIR=tmp,
         LANG="C.UTF-8",
