@@ -87,12 +87,18 @@ def test_census_tables_say_which_workload_made_each_call(tmp_path: Path) -> None
         {"label": "print(1)", "mode": MODE, "census": True, "syscalls": {"socket(AF_NETLINK)": 1}},
     ]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = census.read_logs([log])
+    table, labels = census.read_logs([log])
     assert table["read"] == {"a": 3, "b": 1} and table["socket(AF_NETLINK)"] == {"suite: print(1)": 1}
+    assert labels == {"a", "b", "suite: print(1)"}
     assert census.allowed("socket(AF_INET)") and not census.allowed("socket(AF_NETLINK)")
     assert census.allowed("clone") and not census.allowed("clone(namespace flags)")
-    text = census.render(table)
-    assert "socket(AF_NETLINK)           REFUSED" in text and "mbind                        reviewed" in text
+    text = census.render(table, labels)
+    assert text.startswith("4 system calls seen, across 3 workloads")
+    assert "socket(AF_NETLINK)           REFUSED     1  suite: print(1)" in text
+    assert (
+        "mbind                        reviewed    1  b" in text
+        and "read                         allowed" in text
+    )
 
 
 # -- in the sandbox --------------------------------------------------------------------------------------
@@ -170,8 +176,8 @@ async def test_census_mode_records_every_call_and_names_the_workload(
     log.chmod(0o666)
     tiny = census.Workload("tiny", ("import socket\nsocket.socket(socket.AF_INET6).close()\nprint('ok')",))
     assert await census.run_workloads([tiny], settings, log, census=True) == []
-    table = census.read_logs([log])
-    assert table["socket(AF_INET6)"] == {"tiny": 1}
+    table, labels = census.read_logs([log])
+    assert table["socket(AF_INET6)"] == {"tiny": 1} and "tiny" in labels
     assert "tiny" in table["write"] and "tiny" in table["close"]
     assert seccomp.LOG_ENV not in os.environ and seccomp.CENSUS_ENV not in os.environ
 

@@ -146,18 +146,20 @@ async def _run_one(executor: Executor, work: Workload, files: list[FileRef]) -> 
     return results
 
 
-def read_logs(paths: Iterable[Path]) -> dict[str, dict[str, int]]:
-    """call -> {workload: count} from census logs (labels of the census tool's own runs shortened)."""
+def read_logs(paths: Iterable[Path]) -> tuple[dict[str, dict[str, int]], set[str]]:
+    """(call -> {workload: count}, every workload logged) from census logs (the tool's labels shortened)."""
     table: dict[str, dict[str, int]] = {}
+    labels: set[str] = set()
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             entry = json.loads(line)
             label = str(entry["label"])
             label = label.removeprefix(LABEL) if label.startswith(LABEL) else f"suite: {label[:60]}"
+            labels.add(label)
             for call, count in entry["syscalls"].items():
                 seen = table.setdefault(call, {})
                 seen[label] = seen.get(label, 0) + int(count)
-    return table
+    return table, labels
 
 
 def allowed(call: str) -> bool:
@@ -172,20 +174,23 @@ def allowed(call: str) -> bool:
     return name in seccomp.ALLOWED or name == seccomp.HAND_OVER
 
 
-def render(table: dict[str, dict[str, int]], *, width: int = 4) -> str:
-    """One line per call: allowed or not, how many workloads made it, which (the first ``width``)."""
-    labels = {label for seen in table.values() for label in seen}
-    lines = [f"{len(table)} system calls seen across {len(labels)} workloads", ""]
-    order = sorted(table, key=lambda c: (allowed(c), -len(table[c]), c))
-    for call in order:
+def render(table: dict[str, dict[str, int]], labels: set[str], *, check: bool = False, width: int = 4) -> str:
+    """One line per call: allowed or not, how many workloads made it, which (the first ``width``).
+
+    ``check``: the log holds only what the enforced allowlist refused.
+    """
+    what = "refused with the allowlist enforced" if check else "seen"
+    lines = [f"{len(table)} system calls {what}, across {len(labels)} workloads", ""]
+    for call in sorted(table, key=lambda c: (allowed(c), -len(table[c]), c)):
         seen = table[call]
         mark = "allowed" if allowed(call) else "reviewed" if call in seccomp.REVIEWED_REFUSALS else "REFUSED"
         who = "every workload" if len(seen) == len(labels) else ", ".join(sorted(seen)[:width])
         more = f" (+{len(seen) - width} more)" if len(seen) > width and len(seen) != len(labels) else ""
         lines.append(f"{call:28} {mark:8} {len(seen):4}  {who}{more}")
-    never = sorted(set(seccomp.ALLOWED) - {c.partition("(")[0] for c in table} - {seccomp.HAND_OVER})
-    lines += ["", f"allowed but not seen in these workloads ({len(never)}): {', '.join(never)}"]
-    lines.append(f"({seccomp.HAND_OVER} is never recorded: it hands the filter's listener to the supervisor)")
+    if not check:
+        never = sorted(set(seccomp.ALLOWED) - {c.partition("(")[0] for c in table} - {seccomp.HAND_OVER})
+        lines += ["", f"allowed but not seen in these workloads ({len(never)}): {', '.join(never)}"]
+        lines.append(f"({seccomp.HAND_OVER} is never recorded: it hands the filter's listener over)")
     return "\n".join(lines)
 
 
@@ -212,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scripts or args.benchmarks:
         problems = asyncio.run(_run(args))
         logs.append(args.log)
-    table = read_logs(logs)
-    print(json.dumps(table, indent=1, sort_keys=True) if args.json else render(table))
+    table, labels = read_logs(logs)
+    print(
+        json.dumps(table, indent=1, sort_keys=True) if args.json else render(table, labels, check=args.check)
+    )
     for problem in problems:
         print(f"FAILED {problem}", file=sys.stderr)
     refused = [call for call in table if not allowed(call) and call not in seccomp.REVIEWED_REFUSALS]
