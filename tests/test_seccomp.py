@@ -136,6 +136,29 @@ async def test_a_refused_call_fails_with_eperm_and_the_result_says_a_sandbox_rul
     assert len(notes) == 1 and f"refused {call} with EPERM" in notes[0], r.notes
 
 
+async def test_the_sandboxed_process_holds_no_listener_that_could_answer_its_own_calls(
+    executor: Executor,
+) -> None:
+    """The child hands the filter's listener to its supervisor and closes it before any user code runs."""
+    code = """
+import os
+links = {}
+for fd in range(1024):
+    try:
+        links[fd] = os.readlink(f'/proc/self/fd/{fd}')
+    except OSError:
+        pass
+print(sorted(v.split(':')[0] for v in links.values()))
+print([v for v in links.values() if 'seccomp' in v])
+"""
+    r = await run(executor, code)
+    assert r.success, r.error
+    kinds, seccomp_fds = r.output.splitlines()
+    assert seccomp_fds == "[]"
+    # stdin, stdout, stderr, the status pipe, the request socket (and the fd listing /proc/self/fd)
+    assert kinds.count("'socket'") == 1 and "anon_inode" not in kinds, kinds
+
+
 async def test_only_refusals_the_code_trips_over_get_a_note(executor: Executor) -> None:
     handled = await run(
         executor, "import socket\ntry:\n    socket.socket(16, 3)\nexcept OSError:\n    print('ok')"
