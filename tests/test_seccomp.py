@@ -9,10 +9,12 @@ blocked it; code can serve and connect on its own loopback while the host's stay
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,17 @@ print([v for v in links.values() if 'seccomp' in v])
     assert seccomp_fds == "[]"
     # stdin, stdout, stderr, the status pipe, the request socket (and the fd listing /proc/self/fd)
     assert kinds.count("'socket'") == 1 and "anon_inode" not in kinds, kinds
+
+
+async def test_a_flood_of_refused_calls_keeps_the_deadline_and_spares_a_neighbour(executor: Executor) -> None:
+    """Every refusal is a round trip through the supervisor: a loop of them must not outlive its timeout."""
+    flood = LIBC + "while True:\n    libc.syscall(250, 0, 0, 0, 0, 0)\n"
+    started = time.monotonic()
+    flooded, neighbour = await asyncio.gather(
+        run(executor, flood, timeout=2), executor.execute("print(6 * 7)", user_id="neighbour", timeout=5)
+    )
+    assert flooded.error_type == "SandboxTimeout" and time.monotonic() - started < 4
+    assert neighbour.success and neighbour.output == "42\n"
 
 
 async def test_only_refusals_the_code_trips_over_get_a_note(executor: Executor) -> None:
