@@ -90,13 +90,13 @@ def test_census_tables_say_which_workload_made_each_call(tmp_path: Path) -> None
     ]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table, labels = census.read_logs([log])
-    assert table["read"] == {"a": 3, "b": 1} and table["socket(AF_NETLINK)"] == {"suite: print(1)": 1}
-    assert labels == {"a", "b", "suite: print(1)"}
+    assert table["read"] == {"a": 3, "b": 1} and table["socket(AF_NETLINK)"] == {"cell: print(1)": 1}
+    assert labels == {"a", "b", "cell: print(1)"}
     assert census.allowed("socket(AF_INET)") and not census.allowed("socket(AF_NETLINK)")
     assert census.allowed("clone") and not census.allowed("clone(namespace flags)")
     text = census.render(table, labels)
     assert text.startswith("4 system calls seen, across 3 workloads")
-    assert "socket(AF_NETLINK)           REFUSED     1  suite: print(1)" in text
+    assert "socket(AF_NETLINK)           REFUSED     1  cell: print(1)" in text
     assert (
         "mbind                        reviewed    1  b" in text
         and "read                         allowed" in text

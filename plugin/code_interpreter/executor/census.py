@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -147,14 +148,18 @@ async def _run_one(executor: Executor, work: Workload, files: list[FileRef]) -> 
 
 
 def read_logs(paths: Iterable[Path]) -> tuple[dict[str, dict[str, int]], set[str]]:
-    """(call -> {workload: count}, every workload logged) from census logs (the tool's labels shortened)."""
+    """(call -> {workload: count}, every workload logged) from census logs.
+
+    A cell this tool ran is named by its workload; any other (the test suite's, the sandbox's own
+    self-test ``pass``) by ``cell:`` and its first line.
+    """
     table: dict[str, dict[str, int]] = {}
     labels: set[str] = set()
     for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
             entry = json.loads(line)
             label = str(entry["label"])
-            label = label.removeprefix(LABEL) if label.startswith(LABEL) else f"suite: {label[:60]}"
+            label = label.removeprefix(LABEL) if label.startswith(LABEL) else f"cell: {label[:60]}"
             labels.add(label)
             for call, count in entry["syscalls"].items():
                 seen = table.setdefault(call, {})
@@ -214,10 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs = list(args.logs)
     problems: list[str] = []
-    if args.scripts or args.benchmarks:
-        problems = asyncio.run(_run(args))
-        logs.append(args.log)
-    table, labels = read_logs(logs)
+    base = Path(tempfile.mkdtemp(prefix="census-"))
+    try:
+        if args.scripts or args.benchmarks:
+            problems = asyncio.run(_run(args, base))
+            logs.append(args.log)
+        table, labels = read_logs(logs)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the work dirs, the input files (and the log, unless --log)
     print(
         json.dumps(table, indent=1, sort_keys=True) if args.json else render(table, labels, check=args.check)
     )
@@ -227,8 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if problems or (args.check and refused) else 0
 
 
-async def _run(args: Any) -> list[str]:
-    base = Path(tempfile.mkdtemp(prefix="census-"))
+async def _run(args: Any, base: Path) -> list[str]:
     os.chmod(base, 0o755)
     workloads = scripts(args.scripts) + (benchmark_workloads(base) if args.benchmarks else [])
     if args.log is None:
@@ -238,8 +246,11 @@ async def _run(args: Any) -> list[str]:
     csv_path = base / "sales.csv"
     csv_path.write_text("k,v\n" + "".join(f"{i % 10},{i}\n" for i in range(100_000)))
     os.chmod(csv_path, 0o644)
-    extra: dict[str, Any] = {"runtime_dir": args.runtime} if args.runtime else {}
-    settings = Settings.from_env(home=base / "home", isolation=args.isolation, max_timeout=300, **extra)
+    # The runtime is the one this host already uses (--runtime, else the settings' own): never rebuilt here.
+    runtime = args.runtime or Settings.from_env().runtime_path
+    settings = Settings.from_env(
+        home=base / "home", isolation=args.isolation, max_timeout=300, runtime_dir=runtime
+    )
     csv = FileRef(file_id=CSV_ID, path=csv_path, filename="sales.csv", file_type="csv")
     return await run_workloads(workloads, settings, args.log, census=not args.check, csv=csv)
 
