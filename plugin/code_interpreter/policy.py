@@ -22,6 +22,12 @@ is refused unless the code uses the module for nothing else) and the descriptive
 function's code object (``f.__code__.co_varnames``, ``co_argcount`` …; any other use of
 ``__code__`` is still refused).
 
+Network modules stay refused although each sandbox has a loopback of its own (code can serve and
+connect on 127.0.0.1 *inside* it; nothing outside is reachable): a model that opens a socket in a data
+tool almost always means the internet, and one clear sentence serves it better than a
+``ConnectionRefusedError`` from deep inside a library. Code that needs a local server (a task's own
+tests, say) runs with ``policy="off"``, like code that starts ``python`` as a subprocess.
+
 ``multiprocessing`` and ``concurrent.futures`` are allowed on purpose: joblib, scikit-learn
 (``n_jobs``) and pandas helpers use them, and the sandbox's process limit and PID namespace bound
 them. Mode ``"off"`` disables the check (the sandbox is tested that way).

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import IsolationUnavailable, SandboxError
 from ..packages.runtime import Runtime
 from ..runtime.config import RuntimeConfig
-from ..runtime.sandbox import cgroups
+from ..runtime.sandbox import cgroups, seccomp
 from ..settings import Settings
 from .channel import ExecChannel
 from .isolation import isolation_problem, resolve_isolation
@@ -129,6 +129,10 @@ class Executor:
     def _config(self, runtime: Runtime) -> RuntimeConfig:
         s = self.settings
         spec = importlib.util.find_spec("pyseccomp") if self.mode != "none" else None
+        census = os.environ.get(seccomp.CENSUS_ENV) == "1"
+        if census:
+            log.warning("%s=1: seccomp census mode, no system call is refused (diagnostics only)",
+                        seccomp.CENSUS_ENV)  # fmt: skip
         return RuntimeConfig(
             mode=self.mode, uid=s.sandbox_uid, gid=s.sandbox_gid, memory_mb=s.memory_limit_mb,
             max_processes=s.max_processes, max_parallel=s.max_parallel, max_open_files=s.max_open_files,
@@ -140,7 +144,8 @@ class Executor:
             work_root=str(self._dir / "work"),
             readonly_paths=tuple(str(p) for p in runtime.readonly_paths()),
             preload=tuple(s.preload_modules), pool_size=min(4, s.max_parallel),
-            pyseccomp=spec.origin if spec is not None else None,
+            pyseccomp=spec.origin if spec is not None else None, seccomp_census=census,
+            seccomp_log=os.environ.get(seccomp.LOG_ENV) or None,
         )  # fmt: skip
 
     def _zygote_env(self) -> dict[str, str]:

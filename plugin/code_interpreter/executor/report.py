@@ -11,7 +11,7 @@ from typing import Any
 from ..files.names import safe_filename
 from .results import ExecutionResult, GeneratedFile, MeasuredUsage
 
-__all__ = ["Outcome", "from_report", "measured_usage", "relative_name"]
+__all__ = ["Outcome", "blocked_note", "from_report", "measured_usage", "relative_name"]
 
 # The last line of a traceback names the exception: "ZeroDivisionError: division by zero".
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
@@ -45,6 +45,26 @@ def dropped_note(stream: str, dropped: int, cap: int) -> str:
     return (
         f"{stream} was {dropped + cap:,} bytes: only its first {head:,} and last {cap - head:,} were kept "
         f"(max_output_bytes); the {dropped:,} between are gone"
+    )
+
+
+def blocked_note(blocked: object, *texts: str | None) -> str | None:
+    """The note for calls the sandbox's seccomp rules refused, when the code shows an EPERM from one.
+
+    ``blocked`` is the supervisor's count by call (refusals only: it answers them itself); the note is
+    given when the code's output or error shows "Operation not permitted" or a PermissionError, since
+    only then can a refusal be what the code tripped over.
+    """
+    if not isinstance(blocked, dict) or not blocked:
+        return None
+    shown = "\n".join(t for t in texts if t)
+    if not any(mark in shown for mark in ("Operation not permitted", "PermissionError", "EPERM")):
+        return None
+    calls = sorted(((str(k)[:60], v) for k, v in blocked.items() if isinstance(v, int)), key=lambda c: -c[1])
+    listed = ", ".join(f"{name} ({count} times)" if count > 1 else name for name, count in calls[:8])
+    return (
+        f"a sandbox rule (seccomp) refused {listed} with EPERM (Operation not permitted): that system call "
+        "is not available in the sandbox, whatever the file or the permissions — do it another way"
     )
 
 
@@ -145,6 +165,9 @@ def from_report(
     if header.get("dropped_events"):
         notes.append(f"{header['dropped_events']} live output event(s) were dropped (the host lagged)")
     error, error_type = _error(header, outcome, stderr, rc)
+    refused = blocked_note(header.get("blocked"), stdout, stderr, error)
+    if refused:
+        notes.append(refused)
     if error is not None and header.get("status") != "ok":
         rc = -1
     generated = tuple(

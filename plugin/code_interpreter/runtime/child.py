@@ -3,7 +3,8 @@
 Forked by a warm supervisor, the child joins its cgroups, enters the mount view, applies rlimits,
 drops to the sandbox identity (a real uid in ``strict`` mode; every capability in ``namespaces``
 mode), re-arms its parent-death signal (the kernel clears it on a credential change) and checks
-that the supervisor is still there, loads seccomp, reports ``ready`` and only then waits for work.
+that the supervisor is still there, loads the seccomp allowlist (handing its listener to the supervisor,
+which answers the calls off the list), reports ``ready`` and only then waits for work.
 
 Requests arrive as frames on fd 4 (a socket it can only read): ``cell`` (run code, restoring a
 snapshot first when one follows), ``save`` (a session's snapshot) and ``exit``. Each answer goes to the
@@ -21,6 +22,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import sys
 import traceback
 from typing import Any
@@ -33,14 +35,14 @@ from .warm import Warm
 SETUP_FAILED = 125
 CPU_SLACK_S = 2
 SANDBOX_NICE = 10
-ST_FD, REQ_FD, LIFE_FD = 3, 4, 5
+ST_FD, REQ_FD, LIFE_FD, NOTIFY_FD = 3, 4, 5, 6
 
 
-def main(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int) -> None:
+def main(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int, notify: int) -> None:
     """Set up the sandbox, then serve requests until told to exit; never returns."""
     st = st_w
     try:
-        layers = _setup(warm, out_w, err_w, st_w, req_r, life_r)
+        layers = _setup(warm, out_w, err_w, st_w, req_r, life_r, notify)
         st = ST_FD
         write_all(st, encode(Op.READY, layers=layers))
     except BaseException as exc:
@@ -70,7 +72,9 @@ def main(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int)
             os._exit(0)
 
 
-def _setup(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int) -> dict[str, Any]:
+def _setup(
+    warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: int, notify: int
+) -> dict[str, Any]:
     cfg = warm.ctx.config
     mode = warm.ctx.mode
     layers = dict(warm.layers)
@@ -87,11 +91,11 @@ def _setup(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: in
     os.dup2(devnull, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    # Keep exactly the status, request and lifeline channels, as fds 3, 4 and 5.
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (st_w, req_r, life_r)]
-    for target, fd in zip((ST_FD, REQ_FD, LIFE_FD), high, strict=True):
+    # Keep exactly the status, request, lifeline and seccomp hand-over channels, as fds 3, 4, 5 and 6.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (st_w, req_r, life_r, notify)]
+    for target, fd in zip((ST_FD, REQ_FD, LIFE_FD, NOTIFY_FD), high, strict=True):
         os.dup2(fd, target)
-    os.closerange(LIFE_FD + 1, 1 << 20)
+    os.closerange(NOTIFY_FD + 1, 1 << 20)
     address_space = None
     if not layers.get("cgroup_memory"):
         address_space = sandbox.limits.current_vm_mb() + cfg.memory_mb
@@ -131,9 +135,13 @@ def _setup(warm: Warm, out_w: int, err_w: int, st_w: int, req_r: int, life_r: in
         os._exit(SETUP_FAILED)
     os.close(LIFE_FD)
     _environment(mode, work)
+    hand_over = socket.socket(fileno=NOTIFY_FD)  # before the filter (see notify.hand_over)
+    listener = -1
     if mode != "none" and warm.ctx.seccomp_filter is not None:
-        warm.ctx.seccomp_filter.load()
+        listener = sandbox.seccomp.load(warm.ctx.seccomp_filter)
         layers["seccomp"] = True
+    # The supervisor answers the filter's refusals; this process must never hold the listener.
+    sandbox.notify.hand_over(listener, hand_over)
     return layers
 
 
@@ -141,7 +149,8 @@ def _environment(mode: str, work: str) -> None:
     tmp = "/tmp" if mode != "none" else work
     os.environ.clear()
     os.environ.update(
-        PATH="/usr/local/bin:/usr/bin:/bin",
+        # ``python`` and ``python3`` are the runtime's own interpreter (its venv's bin first).
+        PATH=os.pathsep.join((os.path.dirname(sys.executable), "/usr/local/bin", "/usr/bin", "/bin")),
         HOME=work,
         TMPDIR=tmp,
         LANG="C.UTF-8",

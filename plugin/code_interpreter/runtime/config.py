@@ -62,6 +62,11 @@ class RuntimeConfig:
     """Warm supervisors kept ready."""
     pyseccomp: str | None = None
     """File of the pyseccomp module to load (the runtime venv does not have it)."""
+    seccomp_census: bool = False
+    """Census mode (diagnostics, never a sandbox): no call is refused, every one is recorded."""
+    seccomp_log: str | None = None
+    """File each cell's filtered calls are appended to as a JSON line (refused ones; every call in census
+    mode). None in production."""
     hidden: tuple[str, ...] = field(default=())
     """Host package dirs covered in the sandbox's view (filled in by the zygote)."""
 

@@ -107,8 +107,11 @@ SHAPES: dict[Op, Shape] = {
     Op.CLOSE: _shape(4 * KIB),
     Op.STARTED: _shape(64 * KIB, version=int, supervisor_pid=int, child_pid=int),
     Op.EVENT: _shape(2 * MIB, stream=str, text=str),
-    # ``usage``: the supervisor's measures of the cell (runtime/meter.py), absent when it did not run.
-    Op.RESULT: _shape(MAX_FRAME, {"usage": dict}, status=str, alive=bool, files=list, notes=list),
+    # ``usage``: the supervisor's measures of the cell (runtime/meter.py), absent when it did not run;
+    # ``blocked``: syscalls the seccomp allowlist refused during the cell, by name.
+    Op.RESULT: _shape(
+        MAX_FRAME, {"usage": dict, "blocked": dict}, status=str, alive=bool, files=list, notes=list
+    ),
     Op.SNAPSHOT: _shape(64 * KIB, size=int, notes=list),
     Op.ENDED: _shape(64 * KIB, reason=str),
     Op.EXIT: _shape(4 * KIB),

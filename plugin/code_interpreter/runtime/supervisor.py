@@ -17,6 +17,10 @@ down on its side (no reopening through /proc either: a socket cannot be), every 
 deadline, the status pipe takes only the frame the supervisor waits for, and the supervisor's own
 memory is capped (RLIMIT_AS) at what its bounded buffers need. It dies with the zygote (parent-death
 signal), the child with it; every way it ends kills the child, waits for it and removes its cgroups.
+
+It also answers the child's system calls that the seccomp allowlist does not hold (EPERM, counted for
+the result's note): the filter's listener is polled in every loop in which the supervisor waits
+(``sandbox.notify``; a supervisor in its own PID namespace cannot start a thread for it).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from .sandbox import _libc as c
 from .sandbox.cgroups import ExecCgroup
 from .streams import StatusReader, read_into
 from .warm import Context, Warm
-from .watch import Cell, HostChannel, HostGone, kill_child, watch_cell
+from .watch import Cell, HostChannel, HostGone, answer_filter, kill_child, watch_cell
 
 START_WAIT_S = 30.0
 EXIT_WAIT_S = 1.0
@@ -97,6 +101,7 @@ def _isolate(warm: Warm) -> None:
     c.unshare(flags)
     if namespaces:
         sandbox.identity.write_id_maps(0, outer_uid, outer_gid)
+    sandbox.network.loopback_up()  # the new namespace's own lo: 127.0.0.1 inside, nothing outside
     warm.layers.update(netns=True, mountns=True, pidns=True, ipcns=True, utsns=True, userns=namespaces)
     sandbox.mounts.make_private()
     uid, gid = (cfg.uid, cfg.gid) if warm.ctx.mode == "strict" else (0, 0)
@@ -107,6 +112,8 @@ def _isolate(warm: Warm) -> None:
 
 def _fork_child(warm: Warm) -> None:
     pipes = {key: os.pipe() for key in ("out", "err", "st", "life")}
+    # The child hands its seccomp listener over on this socket, then closes its end (sandbox.notify).
+    notify_ours, notify_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # Requests go over a socket the child can only read: its sending direction is shut down, and unlike
     # a pipe it cannot be reopened for writing through /proc/self/fd (the child owns its inodes in a
     # user namespace).
@@ -119,13 +126,20 @@ def _fork_child(warm: Warm) -> None:
             os.close(pipes[key][0])
         os.close(pipes["life"][1])
         req_ours.close()
+        notify_ours.close()
         child.main(warm, pipes["out"][1], pipes["err"][1], pipes["st"][1], req_theirs.detach(),
-                   pipes["life"][0])  # fmt: skip
+                   pipes["life"][0], notify_theirs.detach())  # fmt: skip
     for key in ("out", "err", "st"):
         os.close(pipes[key][1])
     # The lifeline's write end stays open here and is never written: it closes only when we die.
     os.close(pipes["life"][0])
     req_theirs.close()
+    notify_theirs.close()
+    program = warm.ctx.seccomp_filter
+    if program is not None and warm.ctx.mode != "none":
+        warm.listener = sandbox.notify.Listener(notify_ours, program.names, census=program.census)
+    else:
+        notify_ours.close()
     if warm.cgroup is not None:
         warm.cgroup.close_fds()
     warm.pid = pid
@@ -192,6 +206,8 @@ def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
     warm.poller = select.poll()
     for fd in (warm.pidfd, warm.fds["out"], warm.fds["err"], warm.fds["st"], chan.fd):
         warm.poller.register(fd, select.POLLIN)
+    if warm.listener is not None and warm.listener.receive(warm.pidfd, START_WAIT_S) >= 0:
+        warm.poller.register(warm.listener.fd, select.POLLIN)  # served wherever the supervisor waits
     warm.open_fds = {warm.fds["out"], warm.fds["err"], warm.fds["st"]}
     warm.status = StatusReader(cfg.max_generated_files, cfg.max_generated_bytes, cfg.max_snapshot_bytes)
     while True:
@@ -237,7 +253,23 @@ def _cell(warm: Warm, chan: HostChannel, req: Frame, keep_state: bool) -> tuple[
         kill_child(warm)  # it stopped reading its requests: nothing it does is waited for
     except OSError:
         pass  # the child died in setup: its status pipe and exit status say why
-    return watch_cell(warm, chan, cell)
+    header, blobs = watch_cell(warm, chan, cell)
+    _syscalls(warm, header, req["code"])
+    return header, blobs
+
+
+def _syscalls(warm: Warm, header: Frame, code: str) -> None:
+    """The calls the seccomp filter refused in this cell, for the result's note (and the census log)."""
+    listener = warm.listener
+    if listener is None:
+        return
+    log = warm.ctx.config.seccomp_log
+    if log:
+        label = next((line.strip() for line in code.splitlines() if line.strip()), "")[:120]
+        counts = listener.record(log, label, warm.ctx.mode)
+    else:
+        counts = listener.take()
+    header["blocked"] = {} if listener.census else counts  # census mode refuses nothing
 
 
 def _idle(warm: Warm, chan: HostChannel) -> Frame | None:
@@ -253,9 +285,11 @@ def _idle(warm: Warm, chan: HostChannel) -> Frame | None:
             return frame
         if chan.closed:
             return None
-        for fd, _ev in warm.poller.poll():
+        for fd, event in warm.poller.poll():
             if fd == chan.fd:
                 chan.read()
+            elif warm.listener is not None and fd == warm.listener.fd:
+                answer_filter(warm, warm.poller, event)
             elif fd == warm.pidfd:
                 chan.send(Op.ENDED, reason="the session's process exited")
                 return None
@@ -287,11 +321,14 @@ def _save(warm: Warm, chan: HostChannel, cap: int) -> bool:
     except OSError:
         status.error = "the session's process did not take the request"
     poller = select.poll()
-    for fd in (warm.pidfd, *warm.open_fds):
+    listener = warm.listener.fd if warm.listener is not None else -1
+    for fd in (warm.pidfd, *warm.open_fds, *([listener] if listener >= 0 else [])):
         poller.register(fd, select.POLLIN)
     while not status.items and status.error is None and time.monotonic() < deadline:
-        for fd, _ev in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            if fd == warm.pidfd:
+        for fd, event in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            if fd == listener:
+                answer_filter(warm, poller, event)
+            elif fd == warm.pidfd:
                 status.error = status.error or "the session's process exited"
             elif fd in warm.open_fds:
                 data = read_into(fd, poller, warm.open_fds)
@@ -305,6 +342,8 @@ def _save(warm: Warm, chan: HostChannel, cap: int) -> bool:
         chan.send(Op.ENDED, reason=f"the session was stopped while saving ({reason})")
         return False
     _op, msg, blobs = item
+    if warm.listener is not None and cfg.seccomp_log:
+        warm.listener.record(cfg.seccomp_log, "(a session's snapshot)", warm.ctx.mode)
     notes = [str(n)[:500] for n in msg["notes"]][:20]
     chan.send(Op.SNAPSHOT, blobs, size=len(blobs[0]), notes=notes)
     return True

@@ -49,3 +49,5 @@ class Warm:
     shown: set[str] = field(default_factory=set)
     background: dict[int, bytearray] = field(default_factory=dict)
     meter: Meter | None = None
+    listener: Any = None
+    """The seccomp listener thread (``sandbox.notify.Listener``) once the child is forked."""

@@ -161,9 +161,11 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         wait = cell.deadline - now
         if warm.meter is not None:
             wait = min(wait, warm.meter.sample_if_due(now))
-        for fd, _ev in warm.poller.poll(max(1, int(wait * 1000) + 1)):
+        for fd, event in warm.poller.poll(max(1, int(wait * 1000) + 1)):
             if fd == warm.pidfd:
                 exited = True
+            elif warm.listener is not None and fd == warm.listener.fd:
+                answer_filter(warm, warm.poller, event)
             elif fd == chan.fd:
                 chan.flush()
                 chan.read()
@@ -181,7 +183,7 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         # No report yet: the child died, or garbled its report. Kill it, then read every pipe to EOF (a
         # one-shot child may exit right after writing its report), and the exit status says the rest.
         kill_child(warm)
-        for fd in (warm.pidfd, chan.fd):
+        for fd in (warm.pidfd, chan.fd, warm.listener.fd if warm.listener is not None else -1):
             with contextlib.suppress(KeyError, ValueError):
                 warm.poller.unregister(fd)
         drain_until = time.monotonic() + DRAIN_S
@@ -207,6 +209,13 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
     if usage is not None:
         header["usage"] = usage
     return header, (done[2] if done is not None else [])
+
+
+def answer_filter(warm: Warm, poller: select.poll, event: int) -> None:
+    """Answer the child's next call outside the seccomp allowlist; stop polling the listener once unused."""
+    if not warm.listener.answer(event):
+        with contextlib.suppress(KeyError, ValueError):
+            poller.unregister(warm.listener.fd)
 
 
 def kill_child(warm: Warm) -> None:

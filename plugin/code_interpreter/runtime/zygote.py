@@ -102,7 +102,10 @@ class Zygote:
         seccomp_filter = None
         if config.mode != "none" and config.pyseccomp:
             pyseccomp = _load_file("_ci_pyseccomp", config.pyseccomp)
-            seccomp_filter = sandbox.seccomp.build(pyseccomp)
+            census = config.seccomp_census
+            seccomp_filter = sandbox.seccomp.build(pyseccomp, census=census)
+            if census:
+                sys.stderr.write("seccomp census mode: no system call is refused, every one is recorded\n")
         bases: dict[str, str] = {}
         if config.mode == "strict":
             bases = sandbox.cgroups.create_base(os.getpid())
