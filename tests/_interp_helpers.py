@@ -9,8 +9,12 @@ from code_interpreter.settings import Settings
 async def started(settings: Settings) -> CodeInterpreter:
     """A started interpreter with its zygote up (runtime created if needed): tests time only their work."""
     interp = CodeInterpreter(settings)
-    await interp.start()
-    await interp.executor()
+    try:
+        await interp.start()
+        await interp.executor()
+    except BaseException:
+        await interp.close()  # its database client, the embedded server
+        raise
     return interp
 
 
