@@ -20,6 +20,14 @@ def isolation_problem(mode: str) -> str | None:
             f"strict isolation needs root (a real uid switch to the sandbox uid); this process runs as uid "
             f"{os.geteuid()} — use isolation='namespaces' (user namespaces) or 'auto'"
         )
+    if mode == "namespaces" and os.geteuid() == 0:
+        # A user namespace made by root maps the code to the host's uid 0: root's own 0600 files and
+        # everything root owns would be open to it, by ownership alone.
+        return (
+            "isolation='namespaces' as root would run user code as the host's uid 0 inside a user namespace "
+            "(root-owned files would be its own) — use isolation='strict' (a real switch to sandbox_uid) "
+            "or 'auto' (strict as root)"
+        )
     if mode == "namespaces":
         try:
             if int(Path("/proc/sys/user/max_user_namespaces").read_text()) == 0:
