@@ -244,6 +244,25 @@ async def test_a_save_that_never_ends_stalls_nobody(
                 await interp.close()
 
 
+async def test_a_checkpoint_that_runs_out_of_time_leaves_the_live_session_alone(
+    make_settings: Callable[..., Settings], sandbox_runtime: Any
+) -> None:
+    """Item 4 meets the checkpoints (issue #23): a background save of a quiet session that cannot finish is
+    dropped, and the live session keeps its variables (it was killed with the save, between two cells)."""
+    # on ac5d2c5 (no checkpoints there): the session_checkpoint_s argument removed
+    settings = attack_settings(make_settings, sandbox_runtime, session_checkpoint_s=1)
+    user, sid = user_id(), "checkpointed"
+    async with host(settings) as interp:
+        r = await interp.execute(SLOW, user, session_id=sid)
+        assert r["success"] and r["output"] == "holding\n", (r["error"], r["stderr"])
+        await asyncio.sleep(1 + SAVE_S + SAVE_SLACK_S)  # quiet: the checkpoint ran, and ran out of time
+        nxt = await interp.execute("print(kept)", user, session_id=sid)
+    if "NameError" in (nxt["error"] or ""):  # first of all, a lost state is never passed off as live
+        assert nxt["session"]["state"] == "restarted" and said_lost(nxt), (nxt["session"], nxt["notes"])
+    assert nxt["success"] and nxt["output"] == "state\n", (nxt["error"], nxt["notes"])
+    assert nxt["session"]["state"] == "live", nxt["session"]
+
+
 # -- item 5: saved sessions are storage -------------------------------------------------------------------
 QUOTA = 10 * MIB
 
