@@ -38,6 +38,7 @@ SLOW_MODULES = frozenset({
     "test_import_candidates", "test_sandbox_trust", "test_langchain", "test_integration_openai_agents",
     "test_integration_smolagents", "test_integration_pydantic_ai", "test_integrations_optional",
     "test_docs", "test_first_call", "test_report", "test_store",
+    "test_session_attacks", "test_session_attacks_limits",
 })  # fmt: skip
 
 

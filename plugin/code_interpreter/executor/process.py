@@ -71,6 +71,7 @@ class SandboxProcess:
         """File id → its name in the work dir, for the inputs shown so far."""
         self.channel: ExecChannel | None = None
         self._pidfds: list[int] = []  # supervisor, child: they name these processes even after pid reuse
+        self._stopped = False  # closed after it started: it is never started again (its state is gone)
         self.cells = 0
 
     @property
@@ -114,6 +115,8 @@ class SandboxProcess:
             started = time.perf_counter()
             try:
                 if self.channel is None:
+                    if self._stopped:  # closed between cells (a save ran out of time): not silently anew
+                        raise ProcessGone("the session's process was stopped")
                     await self._start()
                 elif self._exited():
                     await self.close(polite=False)
@@ -241,6 +244,7 @@ class SandboxProcess:
         channel, self.channel = self.channel, None
         if channel is None:
             return True
+        self._stopped = True
         pidfds, self._pidfds = self._pidfds, []
         try:
             if polite and pidfds and not await wait_exited(pidfds[:1], 0):

@@ -157,7 +157,8 @@ class SessionManager:
             except ProcessGone as exc:
                 # It died between cells (nothing of this cell ran): start afresh, once.
                 session.process = None
-                self._pending_notes[session.key] = (self.clock(), _restarted_note(str(exc)))
+                # A note already waiting (why it was stopped: a save that ran out of time) says more.
+                self._pending_notes.setdefault(session.key, (self.clock(), _restarted_note(str(exc))))
                 if attempt == 2:
                     raise
                 continue

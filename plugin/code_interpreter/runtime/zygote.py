@@ -11,8 +11,10 @@ later. Every module of ``runtime/`` is imported before the first fork (after ``p
 cannot read them).
 
 Lifetimes: the zygote dies with the host (parent-death signal, and the control socket's end), each
-supervisor with the zygote, each child with its supervisor. ``shutdown`` (a retired zygote) stops
-taking work and exits once its running executions have ended.
+supervisor with the zygote, each child with its supervisor. The host's death reaches the zygote as
+SIGTERM: before it exits it kills every execution and removes their cgroups (a supervisor killed by its
+own parent-death signal could not; :data:`HOST_GONE_EXIT_S` bounds that). ``shutdown`` (a retired
+zygote) stops taking work and exits once its running executions have ended.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from .protocol import (
     send,
 )
 from .sandbox import _libc as c
+
+#: After the host died the zygote ends its executions and exits; the kernel ends it after this at most.
+HOST_GONE_EXIT_S = 5
 
 
 class Zygote:
@@ -234,6 +239,7 @@ class Zygote:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._host_died)
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(wake_r, select.POLLIN)
@@ -252,10 +258,31 @@ class Zygote:
             self.reap()
             self.refill()
         self._drop_pool()
-        # The host is gone (or every execution ended): what is left dies with us (parent-death signal);
-        # the base cgroups are removed when empty, else by the next zygote's sweep.
+        if self.host_gone:
+            self._end_executions()
+        # Every execution ended: the base cgroups are removed when empty, else by the next zygote's sweep.
         for base in self.context.cgroup_bases.values() if self.ctx else ():
             sandbox.cgroups.remove_tree(base)
+
+    def _host_died(self, _signum: int, _frame: Any) -> None:
+        """SIGTERM (the parent-death signal): stop serving; the kernel ends us if the cleanup hangs."""
+        signal.alarm(HOST_GONE_EXIT_S)
+        self.host_gone = True
+        self.accepting = False
+
+    def _end_executions(self) -> None:
+        """The host is gone and nobody will read a result: kill every execution (a supervisor's child dies
+        with it), reap them, and remove the cgroups they could not remove themselves."""
+        for pid in list(self.children):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.children.clear()
+        self.exec_ids.clear()
+        for base in self.context.cgroup_bases.values() if self.ctx else ():
+            sandbox.cgroups.kill_and_remove(base)
 
     def _drop_pool(self) -> None:
         for _pid, sock, _name in self.pool:
@@ -296,9 +323,10 @@ def _with_hidden(config: RuntimeConfig) -> RuntimeConfig:
 
 def main() -> int:
     """Entry point: serve the control socket passed as argv[1]."""
-    # Dies with the host that started it; if the host already went, there is nobody to serve.
+    # Dies with the host that started it (SIGTERM: it ends its executions first, see serve); if the host
+    # already went, there is nobody to serve.
     host = os.getppid()
-    c.prctl(c.PR_SET_PDEATHSIG, signal.SIGKILL)
+    c.prctl(c.PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != host:
         return 0
     sock = socket.socket(fileno=int(sys.argv[1]))

@@ -44,6 +44,8 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom")
 _RO_FLAGS = c.MS_RDONLY | c.MS_NOSUID | c.MS_NODEV
 _SCRATCH_FLAGS = c.MS_NOSUID | c.MS_NODEV | c.MS_NOEXEC
 _INPUT_FLAGS = _RO_FLAGS | c.MS_NOEXEC
+#: Inodes the inputs tmpfs keeps free beyond what the inputs of a cell need.
+_INODE_SLACK = 64
 # statvfs bits that, once set on a mount, must be kept when remounting it (locked in user namespaces).
 _ST_KEEP = {os.ST_NOEXEC: c.MS_NOEXEC, os.ST_NOATIME: c.MS_NOATIME, os.ST_NODIRATIME: c.MS_NODIRATIME}
 
@@ -172,21 +174,36 @@ def add_inputs(root: str, stage: str, inputs: Sequence[tuple[str, str]]) -> None
     """Show each (host file, path inside) read-only under the shared inputs tmpfs; the child sees them.
 
     Bound and remounted read-only in the private ``stage`` first, then moved into place: the copy
-    the child's namespace receives is a copy of a read-only mount.
+    the child's namespace receives is a copy of a read-only mount. The inputs tmpfs grows to hold them
+    all (any number of files). An error names no host path (the message reaches the model).
     """
+    _room_for(os.path.join(root, INPUTS_DIR.lstrip("/")), 2 * len(inputs))
     for index, (host_file, inside) in enumerate(inputs):
         if not _covered(inside, (INPUTS_DIR,)):
             raise ValueError(f"input path {inside} is not under {INPUTS_DIR}")
-        target = _touch(root, inside)
-        if os.path.ismount(target):
-            continue  # already shown (a later cell of a session names the same file again)
-        staged = os.path.join(stage, f"in-{os.getpid()}-{index}")
-        os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444))
         try:
-            bind_readonly(host_file, staged, _INPUT_FLAGS)
-            c.mount(staged, target, None, c.MS_MOVE)
-        finally:
-            os.unlink(staged)
+            target = _touch(root, inside)
+            if os.path.ismount(target):
+                continue  # already shown (a later cell of a session names the same file again)
+            staged = os.path.join(stage, f"in-{os.getpid()}-{index}")
+            os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444))
+            try:
+                bind_readonly(host_file, staged, _INPUT_FLAGS)
+                c.mount(staged, target, None, c.MS_MOVE)
+            finally:
+                os.unlink(staged)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot show input {inside} in the sandbox: {exc.strerror}") from None
+
+
+def _room_for(inputs_dir: str, inodes: int) -> None:
+    """Raise the inputs tmpfs's inode limit so ``inodes`` more fit (an input takes its directory and its
+    mount point); the child's copy shares the filesystem, so it sees the room too."""
+    st = os.statvfs(inputs_dir)
+    if st.f_ffree >= inodes + _INODE_SLACK:
+        return
+    total = st.f_files - st.f_ffree + inodes + _INODE_SLACK
+    c.mount(None, inputs_dir, None, c.MS_REMOUNT | _SCRATCH_FLAGS, f"nr_inodes={total}")
 
 
 def _write(directory: str, name: str, text: str) -> None:
