@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .process import SandboxProcess
 from .room import HostSession
 
 __all__ = ["CHECKPOINT_MAX_DEFER", "checkpoint_when_quiet"]
@@ -17,7 +16,7 @@ CHECKPOINT_MAX_DEFER = 10
 
 async def checkpoint_when_quiet(
     session: HostSession,
-    save: Callable[[HostSession, SandboxProcess], Awaitable[Any]],
+    save: Callable[..., Awaitable[Any]],
     settings: Any,
     clock: Callable[[], float],
     is_live: Callable[[], bool],
@@ -42,5 +41,5 @@ async def checkpoint_when_quiet(
             process = session.process
             if not is_live() or process is None or not process.alive:
                 return
-            await save(session, process)
+            await save(session, process, checkpoint=True)
         dirty_since = clock()

@@ -145,14 +145,15 @@ class Ownership:
             self.leases.pop(key, None)
             raise
 
-    async def release(self, key: Key, cells: int) -> None:
-        """Give the session up (after its last save) so any host may take it."""
+    async def release(self, key: Key, cells: int, unsaved: str | None = None) -> None:
+        """Give the session up (after its last save) so any host may take it; ``unsaved`` says why its
+        last state could not be saved, for whichever host takes it next."""
         lease = self.leases.pop(key, None)
         self._handing.discard(key)
         self.cells.pop(key, None)
         if self.store is not None and lease is not None:
             with contextlib.suppress(StorageUnavailable):  # the lease then runs out on its own
-                await self.store.release(lease, cells)
+                await self.store.release(lease, cells, unsaved)
 
     def forget(self, key: Key) -> None:
         """Drop a lease this host lost (never released: it is not ours any more)."""
@@ -232,6 +233,12 @@ def _local_lease(user_id: str, session_id: str, host: str) -> Lease:
 
 
 def _taken_note(lease: Lease, came_from: str | None, waited: float) -> str | None:
+    if lease.unsaved is not None and not lease.previous_expired:
+        kept = (
+            f"restored the snapshot saved after cell {lease.saved_after_cell}; cells after it are lost"
+            if lease.saved_at else "its variables are gone, this is a fresh session"
+        )  # fmt: skip
+        return f"the session could not be saved when it last ended ({lease.unsaved}): {kept}"
     if came_from is None:
         return None
     if not lease.previous_expired:

@@ -207,24 +207,25 @@ class SandboxProcess:
             await self.close(polite=False)
 
     # -- saving ----------------------------------------------------------------------------------------
-    async def save(self, cap: int) -> tuple[bytes, list[str]]:
+    async def save(self, cap: int, *, checkpoint: bool = False) -> tuple[bytes, list[str]]:
         """A snapshot of a session's state made inside its sandbox, within the save deadline.
 
-        Runs in the user's own slot. A save that runs out of time (or breaks the protocol) ends the
-        process: the snapshot is then empty and the notes say why.
+        Runs in the user's own slot. A ``checkpoint`` that runs out of time is interrupted (the session
+        goes on, unsaved: the snapshot is empty and the notes say why); any other save that runs out of
+        time, or one that does not stop or breaks the protocol, ends the process.
         """
         if self.channel is None or self._exited():
             return b"", ["not saved: the session's process is gone"]
-        deadline = self.executor.settings.session_save_timeout_s + RESULT_GRACE_S
+        deadline = self.executor.settings.session_save_timeout_s + RESULT_GRACE_S + INTERRUPT_GRACE_S
         async with self.executor.slots.hold(self.user_id):
             try:
-                await self.channel.send(Op.SAVE, cap=cap)
+                await self.channel.send(Op.SAVE, cap=cap, checkpoint=checkpoint)
                 async with asyncio.timeout(deadline):
                     while True:
                         frame, blobs = await self.channel.receive()
                         if frame["op"] == Op.SNAPSHOT:
                             notes = [str(n) for n in frame["notes"]]
-                            if not blobs:
+                            if frame.get("alive") is False:
                                 await self.close(polite=False)
                             return (blobs[0] if blobs else b""), notes
                         if frame["op"] == Op.ENDED:

@@ -30,6 +30,8 @@ class HostSession:
     snapshot_bytes: int = 0
     """The size of its last snapshot (checkpoints skip sessions over their budget)."""
     checkpointer: asyncio.Task[None] | None = None
+    unsaved: str | None = None
+    """Why its last save failed (None: the last one succeeded); said by its next take after it ends."""
 
     @property
     def key(self) -> tuple[str, str]:

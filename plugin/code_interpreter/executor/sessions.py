@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -291,18 +292,18 @@ class SessionManager:
             finally:
                 if process is not None:
                     await process.close()
-                await self.owner.release(session.key, session.cells)
+                # The next take (here or on any host) says what its last save could not keep.
+                await self.owner.release(session.key, session.cells, session.unsaved if save else None)
         return notes
 
-    async def _save(self, session: HostSession, process: SandboxProcess) -> list[str]:
+    async def _save(
+        self, session: HostSession, process: SandboxProcess, *, checkpoint: bool = False
+    ) -> list[str]:
         """Snapshot the session inside its sandbox and store it, fenced by this host's lease."""
-        data, notes = await process.save(self.settings.max_snapshot_bytes)
+        data, notes = await process.save(self.settings.max_snapshot_bytes, checkpoint=checkpoint)
         if not data:
-            self._pending_notes[session.key] = (
-                self.clock(),
-                "the session could not be saved when it last ended "
-                f"({'; '.join(notes) or 'no snapshot'}): its variables are gone, this is a fresh session",
-            )
+            session.unsaved = "; ".join(notes) or "no snapshot"
+            session.snapshot_bytes = sys.maxsize  # no more checkpoints: each would wait out the deadline
             return notes
         try:
             await self.owner.save(session.key, data, notes, session.cells)
@@ -313,12 +314,10 @@ class SessionManager:
             log.warning(
                 "session %s of user %s could not be stored: %s", session.session_id, session.user_id, exc
             )
-            self._pending_notes[session.key] = (
-                self.clock(),
-                f"the session could not be saved when it last ended ({exc}): its variables are gone",
-            )
+            session.unsaved = f"not saved: {exc}"
             return [f"not saved: {exc}"]
         session.dirty = False
+        session.unsaved = None
         added = max(0, len(data) - session.snapshot_bytes)  # it replaced the last one (or a checkpoint)
         session.snapshot_bytes = len(data)
         if self.on_saved is not None and added:

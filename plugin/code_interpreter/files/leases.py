@@ -106,6 +106,9 @@ class Lease:
     """On a take-over: the host that held it before (None: it was free or new)."""
     previous_expired: bool
     """On a take-over: the previous owner's lease had run out (it did not hand the session over)."""
+    unsaved: str | None = None
+    """Why the last owner's state could not be saved when it gave the session up (None: it was, or no
+    owner gave it up since the last save)."""
 
     @property
     def lost_cells(self) -> int:
@@ -237,9 +240,14 @@ def renew_update(
     return [{"$set": fields}]
 
 
-def release_update(*, now: Expr, keep_s: float | None, cells: int | None) -> list[dict[str, Any]]:
-    """Give the lease up (the filter names owner and epoch); the epoch stays, so the next take is +1."""
+def release_update(
+    *, now: Expr, keep_s: float | None, cells: int | None, unsaved: str | None = None
+) -> list[dict[str, Any]]:
+    """Give the lease up (the filter names owner and epoch); the epoch stays, so the next take is +1.
+
+    ``unsaved``: why the owner's last state could not be saved, for the next host to say."""
     fields: dict[str, Expr] = {
+        "unsaved": _lit(unsaved),
         "owner": None,
         "lease_expires_at": None,
         "handoff_wanted_by": None,
@@ -276,6 +284,7 @@ def save_update(
         "saved_epoch": _lit(epoch),
         "saved_after_cell": _lit(cell),
         "notes": _lit(notes),
+        "unsaved": None,
         "lease_expires_at": _plus(now, lease_s),
         "expires_at": _plus(now, keep_s),
     }
@@ -334,6 +343,7 @@ def lease_from(doc: dict[str, Any], host: str, deadline: float) -> Lease:
         handoff_wanted_at=doc.get("handoff_wanted_at"),
         previous_owner=doc.get("prev_owner"),
         previous_expired=bool(doc.get("prev_expired")),
+        unsaved=doc.get("unsaved"),
     )
 
 

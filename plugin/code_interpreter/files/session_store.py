@@ -150,9 +150,11 @@ class SessionStore:
         )
         return renewed.lease
 
-    async def release(self, lease: Lease, cells: int | None = None) -> bool:
-        """Give the session up (after saving it) so another host may take it; False if it was not held."""
-        update = L.release_update(now=self._now(), keep_s=self._keep_s, cells=cells)
+    async def release(self, lease: Lease, cells: int | None = None, unsaved: str | None = None) -> bool:
+        """Give the session up (after saving it) so another host may take it; False if it was not held.
+
+        ``unsaved`` says why its last state could not be saved (the next take reports it)."""
+        update = L.release_update(now=self._now(), keep_s=self._keep_s, cells=cells, unsaved=unsaved)
         result = await self._retry(
             lambda: _majority(self._fenced.update_one(fence(lease), update)), "release the session"
         )

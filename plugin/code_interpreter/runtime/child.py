@@ -216,10 +216,14 @@ def _cell(warm: Warm, msg: Frame, work: str, runner: inside.CellRunner) -> None:
 
 
 def _save(runner: inside.CellRunner, cap: int) -> None:
+    # The supervisor interrupts a save past its deadline: the KeyboardInterrupt ends this snapshot only.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         data, notes = runner.snapshot(cap)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         send(ST_FD, Op.SNAPSHOT, [data], size=len(data), notes=notes)
     except BaseException as exc:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(BaseException):
             message = f"{type(exc).__name__}: {exc}"[:500]
             send(ST_FD, Op.SNAPSHOT, size=0, notes=[f"not saved: {message}"])

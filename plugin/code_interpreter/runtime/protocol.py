@@ -103,7 +103,7 @@ SHAPES: dict[Op, Shape] = {
         MAX_FRAME, {"stream": bool, "restore": int, "keep_state": bool}, code=str, timeout=_NUM, files=list
     ),
     Op.INTERRUPT: _shape(4 * KIB),
-    Op.SAVE: _shape(4 * KIB, cap=int),
+    Op.SAVE: _shape(4 * KIB, {"checkpoint": bool}, cap=int),
     Op.CLOSE: _shape(4 * KIB),
     Op.STARTED: _shape(64 * KIB, version=int, supervisor_pid=int, child_pid=int),
     Op.EVENT: _shape(2 * MIB, stream=str, text=str),
@@ -112,7 +112,7 @@ SHAPES: dict[Op, Shape] = {
     Op.RESULT: _shape(
         MAX_FRAME, {"usage": dict, "blocked": dict}, status=str, alive=bool, files=list, notes=list
     ),
-    Op.SNAPSHOT: _shape(64 * KIB, size=int, notes=list),
+    Op.SNAPSHOT: _shape(64 * KIB, {"alive": bool}, size=int, notes=list),
     Op.ENDED: _shape(64 * KIB, reason=str),
     Op.EXIT: _shape(4 * KIB),
     Op.SETUP_ERROR: _shape(64 * KIB, error=str),

@@ -56,7 +56,7 @@ from .sandbox import _libc as c
 from .sandbox.cgroups import ExecCgroup
 from .streams import StatusReader, read_into
 from .warm import Context, Warm
-from .watch import Cell, HostChannel, HostGone, answer_filter, kill_child, watch_cell
+from .watch import INTERRUPT_GRACE_S, Cell, HostChannel, HostGone, answer_filter, kill_child, watch_cell
 
 START_WAIT_S = 30.0
 EXIT_WAIT_S = 1.0
@@ -216,7 +216,7 @@ def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
             _stop_child(warm, polite=request is not None)
             return
         if request["op"] == Op.SAVE:
-            if not _save(warm, chan, request["cap"]):
+            if not _save(warm, chan, request["cap"], checkpoint=bool(request.get("checkpoint"))):
                 return
         elif request["op"] == Op.CELL:
             header, blobs = _cell(warm, chan, request, keep_state)
@@ -305,12 +305,14 @@ def _idle(warm: Warm, chan: HostChannel) -> Frame | None:
                     kept += data[: max(0, cap - len(kept))]
 
 
-def _save(warm: Warm, chan: HostChannel, cap: int) -> bool:
+def _save(warm: Warm, chan: HostChannel, cap: int, *, checkpoint: bool) -> bool:
     """Ask the child for a snapshot and pass it on; False when the session had to end instead.
 
     The snapshot is made by the user's process (its objects pickle themselves): it gets
-    ``save_timeout`` seconds. Past that, or on any misbehaviour, the child is killed and a snapshot of 0
-    bytes says why; the session is then over.
+    ``save_timeout`` seconds. A ``checkpoint`` (the session goes on after it) is then interrupted
+    (``KeyboardInterrupt`` in the pickling: the session goes on, unsaved) and gets
+    :data:`~.watch.INTERRUPT_GRACE_S` more. Past that, or on any misbehaviour, the child is killed and a
+    snapshot of 0 bytes says why; the session is then over (``alive`` false).
     """
     cfg = warm.ctx.config
     status = warm.status
@@ -324,7 +326,15 @@ def _save(warm: Warm, chan: HostChannel, cap: int) -> bool:
     listener = warm.listener.fd if warm.listener is not None else -1
     for fd in (warm.pidfd, *warm.open_fds, *([listener] if listener >= 0 else [])):
         poller.register(fd, select.POLLIN)
-    while not status.items and status.error is None and time.monotonic() < deadline:
+    interrupted = False
+    while not status.items and status.error is None:
+        if time.monotonic() >= deadline:
+            if interrupted or not checkpoint:
+                break
+            interrupted = True  # a slow or stuck __reduce__: stop it, keep the session
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(warm.pid, signal.SIGINT)
+            deadline = time.monotonic() + INTERRUPT_GRACE_S
         for fd, event in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
             if fd == listener:
                 answer_filter(warm, poller, event)
@@ -336,16 +346,20 @@ def _save(warm: Warm, chan: HostChannel, cap: int) -> bool:
                     status.feed(data)
     item = status.items.popleft() if status.items else None
     if item is None:
-        reason = status.error or f"it took longer than {cfg.save_timeout:g} s"
+        reason = status.error or f"it took longer than {cfg.save_timeout:g} s and did not stop"
         kill_child(warm)
-        chan.send(Op.SNAPSHOT, size=0, notes=[f"not saved: {reason}"])
+        chan.send(Op.SNAPSHOT, size=0, notes=[f"not saved: {reason}"], alive=False)
         chan.send(Op.ENDED, reason=f"the session was stopped while saving ({reason})")
         return False
     _op, msg, blobs = item
     if warm.listener is not None and cfg.seccomp_log:
         warm.listener.record(cfg.seccomp_log, "(a session's snapshot)", warm.ctx.mode)
     notes = [str(n)[:500] for n in msg["notes"]][:20]
-    chan.send(Op.SNAPSHOT, blobs, size=len(blobs[0]), notes=notes)
+    if interrupted and not blobs[0]:
+        notes.append(
+            f"not saved: it took longer than {cfg.save_timeout:g} s (interrupted; the session went on)"
+        )
+    chan.send(Op.SNAPSHOT, blobs, size=len(blobs[0]), notes=notes, alive=True)
     return True
 
 
