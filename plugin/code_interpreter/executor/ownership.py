@@ -127,10 +127,13 @@ class Ownership:
         if time.monotonic() < lease.local_deadline - self.store.lease_s / 3:
             return
         try:
-            self.leases[key] = await self.store.renew(lease, cells)
+            renewed = await self.store.renew(lease, cells)
         except LeaseLost:
-            self.leases.pop(key, None)
+            if self.leases.get(key) is lease:
+                del self.leases[key]
             raise
+        if self.leases.get(key) is lease:
+            self.leases[key] = renewed
 
     async def save(self, key: Key, data: bytes, notes: list[str], cells: int) -> None:
         """Store a snapshot made after cell ``cells``, fenced by this host's lease (LeaseLost if taken)."""
@@ -140,10 +143,13 @@ class Ownership:
         if lease is None:
             raise LeaseLost(f"this host no longer owns session {key[1]!r}: its snapshot was not saved")
         try:
-            self.leases[key] = await self.store.save_snapshot(lease, data, notes, cell=cells)
+            saved = await self.store.save_snapshot(lease, data, notes, cell=cells)
         except LeaseLost:
-            self.leases.pop(key, None)
+            if self.leases.get(key) is lease:
+                del self.leases[key]
             raise
+        if self.leases.get(key) is lease:
+            self.leases[key] = saved
 
     async def release(self, key: Key, cells: int, unsaved: str | None = None) -> None:
         """Give the session up (after its last save) so any host may take it; ``unsaved`` says why its
@@ -204,9 +210,12 @@ class Ownership:
             try:
                 renewed = await self.store.renew(lease, self.cells.get(key))
             except LeaseLost as exc:
-                self.leases.pop(key, None)
-                if self.on_lost is not None:
-                    await self.on_lost(key, exc)
+                # Only if that lease is still the one held: released and taken again meanwhile (a session
+                # that ended and started anew here), the new lease is not lost.
+                if self.leases.get(key) is lease:
+                    del self.leases[key]
+                    if self.on_lost is not None:
+                        await self.on_lost(key, exc)
                 continue
             if self.leases.get(key) is lease:
                 self.leases[key] = renewed
