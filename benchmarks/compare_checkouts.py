@@ -36,10 +36,13 @@ JOBS = (
 
 CHILD = r"""
 import asyncio, json, sys, time
+from pathlib import Path
 from code_interpreter import CodeInterpreter, Settings
 
 async def main(raw):
-    settings = Settings(**json.loads(raw))
+    values = json.loads(raw)
+    values["home"], values["runtime_dir"] = Path(values["home"]), Path(values["runtime_dir"])  # older Settings
+    settings = Settings(**values)
     async with CodeInterpreter(settings) as interp:
         await interp.executor()
         print("ready", flush=True)
