@@ -79,11 +79,22 @@ def _as_another_user(home: Path) -> tuple[list[str], dict[str, str]]:
     python = "/usr/bin/python3"
     if not (Path(python).exists() and shutil.which("setpriv")):
         pytest.skip("needs /usr/bin/python3 and setpriv to run as uid 65534")
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare to show this run's packages to uid 65534")
     (home / "data").mkdir()
     os.chown(home / "data", NOBODY, NOBODY)
-    site = sysconfig.get_paths()["purelib"]
-    env.update(HOME="/root", PYTHONPATH=os.pathsep.join([site, str(PLUGIN)]), PYTHONNOUSERSITE="1")
-    prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python]
+    # This run's packages may sit under a directory only root may enter (tox makes .tox 0700): a bind
+    # mount in a private mount namespace shows them at a world-readable path, for this command only.
+    site, plugin = home / "site", home / "plugin"
+    site.mkdir()
+    plugin.mkdir()
+    env.update(HOME="/root", PYTHONPATH=os.pathsep.join([str(site), str(plugin)]), PYTHONNOUSERSITE="1")
+    mount = 'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"'
+    prefix = [
+        "unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh",
+        sysconfig.get_paths()["purelib"], str(site), str(PLUGIN), str(plugin),
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", python,
+    ]  # fmt: skip
     probe = subprocess.run([*prefix, "-c", "import code_interpreter, secantus"], env=env, capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"uid {NOBODY} cannot import this run's packages with {python}: {probe.stderr[-300:]!r}")

@@ -40,17 +40,7 @@ from ..settings import Settings
 from ..storage.retry import context_for, with_retries
 from . import leases as L
 from .blobs import CODEC, BlobStore, BlobTooLarge
-from .leases import (
-    Lease,
-    SavedSession,
-    check_host,
-    check_session,
-    check_user,
-    fence,
-    lease_from,
-    saved_from,
-    stored_at,
-)
+from .leases import Lease, SavedSession, check_host, check_session, check_user, fence, lease_from
 from .names import safe_id_part
 from .quota import ItemSource, StoredItem, room_for_snapshot
 from .records import mb
@@ -262,7 +252,7 @@ class SessionStore:
     async def list_saved(self, user_id: int | str) -> list[SavedSession]:
         """The user's sessions that are live on some host or saved, by session id."""
         rows = await self._rows({"user_id": check_user(user_id)})
-        found = [saved_from(r) for r in rows if r["live"] or r.get("blob_id")]
+        found = [L.saved_from(r) for r in rows if r["live"] or r.get("blob_id")]
         return sorted(found, key=lambda s: s.session_id)
 
     async def delete(self, user_id: int | str, session_id: str) -> bool:
@@ -320,7 +310,7 @@ class SessionStore:
         """The user's unexpired snapshots as the quota counts them (a live session's is not evictable)."""
         rows = await self._rows({"user_id": user_id, "blob_id": {"$ne": None}})
         return [
-            StoredItem("session", r["session_id"], int(r.get("size") or 0), stored_at(r), not r["live"])
+            StoredItem("session", r["session_id"], int(r.get("size") or 0), L.stored_at(r), not r["live"])
             for r in rows
         ]
 
