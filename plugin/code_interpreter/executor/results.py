@@ -10,6 +10,7 @@ into the matching exception for hosts that prefer one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -181,19 +182,28 @@ class ExecutionResult:
     def with_notes(self, *notes: str, first: bool = False) -> ExecutionResult:
         """A copy with ``notes`` added (before the others with ``first``)."""
         kept = tuple(n for n in notes if n)
-        return dataclasses.replace(self, notes=(*kept, *self.notes) if first else (*self.notes, *kept))
+        if not kept:
+            return self
+        return self._with("notes", (*kept, *self.notes) if first else (*self.notes, *kept))
 
     def with_files(self, files: Sequence[GeneratedFile]) -> ExecutionResult:
         """A copy whose generated files are ``files`` (the stored ones carry their file ids)."""
-        return dataclasses.replace(self, generated=tuple(files))
+        return self._with("generated", tuple(files))
 
     def with_session(self, session: SessionInfo | None) -> ExecutionResult:
         """A copy that names its session."""
-        return dataclasses.replace(self, session=session)
+        return self._with("session", session)
 
     def with_usage(self, usage: ExecutionUsage | None) -> ExecutionResult:
         """A copy carrying its usage record (``to_dict()["usage"]``)."""
-        return dataclasses.replace(self, usage=usage)
+        return self._with("usage", usage)
+
+    def _with(self, name: str, value: Any) -> ExecutionResult:
+        """A copy with one field changed (on the call path: cheaper than ``dataclasses.replace``, which
+        runs ``__init__`` again; the value is of the field's type, so there is nothing to re-check)."""
+        new = copy.copy(self)
+        object.__setattr__(new, name, value)
+        return new
 
     def raise_for_error(self) -> ExecutionResult:
         """Return self when it succeeded; else raise the exception matching ``error_type``.

@@ -151,9 +151,8 @@ class ExecutionLedger:
     def record(self, usage: ExecutionUsage) -> ExecutionUsage:
         """Complete ``usage`` (links, timestamp, cost), buffer it for writing, and return it at once."""
         now = self.clock()
-        usage = usage.completed(current_link(), now if now.tzinfo else now.replace(tzinfo=UTC))
-        if usage.cost is None:
-            usage = usage.priced(self.prices, self.storage_hours)
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        usage = usage.completed(current_link(), now, self.prices, self.storage_hours)
         self._pending.append(usage)
         self._pending_cost[(usage.user_id, usage.day or "")] += usage.cost_usd or 0.0
         if len(self._pending) > self.max_pending:

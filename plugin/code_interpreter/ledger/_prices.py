@@ -62,7 +62,8 @@ class ComputeCost:
 
     def to_dict(self) -> dict[str, float]:
         """Plain-data view (the total included)."""
-        return {**asdict(self), "total_usd": self.total_usd}
+        return {"cpu_usd": self.cpu_usd, "memory_usd": self.memory_usd, "storage_usd": self.storage_usd,
+                "total_usd": self.total_usd}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import uuid
@@ -88,29 +89,46 @@ class ExecutionUsage:
     @property
     def day(self) -> str | None:
         """The UTC day it ran (``YYYY-MM-DD``), None until stamped."""
-        return None if self.timestamp is None else self.timestamp.astimezone(UTC).strftime("%Y-%m-%d")
+        return None if self.timestamp is None else self.timestamp.astimezone(UTC).date().isoformat()
 
     def priced(self, prices: ComputePrices, storage_hours: float | None) -> ExecutionUsage:
         """A copy with ``cost`` computed from ``prices`` (storage kept ``storage_hours``; None: forever)."""
-        cost = prices.cost(
+        return dataclasses.replace(self, cost=self._cost(prices, storage_hours))
+
+    def _cost(self, prices: ComputePrices, storage_hours: float | None) -> ComputeCost:
+        return prices.cost(
             cpu_seconds=self.cpu_seconds,
             peak_memory_mb=self.peak_memory_mb,
             wall_seconds=self.wall_seconds,
             stored_bytes=self.stored_bytes,
             storage_hours=storage_hours,
         )
-        return dataclasses.replace(self, cost=cost)
 
-    def completed(self, link: ExecutionLink, now: datetime) -> ExecutionUsage:
-        """A copy with the missing ids taken from ``link`` and the missing timestamp set to ``now``."""
+    def completed(
+        self,
+        link: ExecutionLink,
+        now: datetime,
+        prices: ComputePrices | None = None,
+        storage_hours: float | None = None,
+    ) -> ExecutionUsage:
+        """A copy with the missing ids taken from ``link``, the missing timestamp set to ``now`` and, with
+        ``prices``, the missing cost computed as :meth:`priced` does (one copy for all three)."""
         changes: dict[str, Any] = {}
+        if prices is not None and self.cost is None:
+            changes["cost"] = self._cost(prices, storage_hours)
         if self.tool_call_id is None and link.tool_call_id:
             changes["tool_call_id"] = link.tool_call_id
         if self.request_id is None and link.request_id:
             changes["request_id"] = link.request_id
         if self.timestamp is None:
-            changes["timestamp"] = now
-        return dataclasses.replace(self, **changes) if changes else self
+            changes["timestamp"] = now if now.tzinfo else now.replace(tzinfo=UTC)
+        if not changes:
+            return self
+        # On the call path: a copy without ``__init__`` (the changed values are already checked).
+        new = copy.copy(self)
+        for name, value in changes.items():
+            object.__setattr__(new, name, value)
+        return new
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data, JSON-ready view (what ``result["usage"]`` carries); the timestamp in ISO 8601."""

@@ -153,6 +153,26 @@ class Meter:
         self._memory_base = 0
         self._peaks: dict[tuple[int, int], int] = {}  # procfs: (pid, start time) → highest VmHWM seen
         self._next_sample = float("inf")
+        # The cgroup counters stay open: each cell then reads and resets them in a syscall each.
+        self._counters: dict[str, int] = {}
+        for name, dir_fd, flags in (
+            ("cpuacct.usage", self.cpu_fd, os.O_RDONLY),
+            ("memory.usage_in_bytes", self.memory_fd, os.O_RDONLY),
+            ("memory.max_usage_in_bytes", self.memory_fd, os.O_RDWR),
+        ):
+            if dir_fd is not None:
+                with contextlib.suppress(OSError):
+                    self._counters[name] = os.open(name, flags | os.O_CLOEXEC, dir_fd=dir_fd)
+
+    def _counter(self, name: str) -> int | None:
+        """A cgroup counter's value now (None when it cannot be read)."""
+        fd = self._counters.get(name)
+        if fd is None:
+            return None
+        try:
+            return _int(os.pread(fd, _PAGE_READ, 0))
+        except OSError:
+            return None
 
     @property
     def cpu_source(self) -> str:
@@ -169,8 +189,9 @@ class Meter:
         if self._cpu_mark is None:
             self._cpu_mark = self._cpu_seconds()
         if self.memory_fd is not None:
-            _write("memory.max_usage_in_bytes", b"0", self.memory_fd)  # the peak restarts from the usage now
-            self._memory_base = _int(_read("memory.usage_in_bytes", self.memory_fd)) or 0
+            with contextlib.suppress(OSError, KeyError):  # the peak restarts from the usage now
+                os.pwrite(self._counters["memory.max_usage_in_bytes"], b"0", 0)
+            self._memory_base = self._counter("memory.usage_in_bytes") or 0
         else:
             self._peaks = {}
             self._memory_base = 0
@@ -198,7 +219,7 @@ class Meter:
         used = max(0.0, cpu - (self._cpu_mark if self._cpu_mark is not None else cpu))
         self._cpu_mark = cpu
         if self.memory_fd is not None:
-            peak = _int(_read("memory.max_usage_in_bytes", self.memory_fd)) or 0
+            peak = self._counter("memory.max_usage_in_bytes") or 0
         else:
             self._sample()
             peak = sum(self._peaks.values())
@@ -212,7 +233,7 @@ class Meter:
 
     def _cpu_seconds(self) -> float:
         if self.cpu_fd is not None:
-            usage = _int(_read("cpuacct.usage", self.cpu_fd))
+            usage = self._counter("cpuacct.usage")
             # An unreadable counter adds nothing (never a figure from the other source: they differ).
             return usage / 1e9 if usage is not None else (self._cpu_mark or 0.0)
         ticks = 0
