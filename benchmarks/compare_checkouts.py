@@ -41,7 +41,8 @@ from code_interpreter import CodeInterpreter, Settings
 
 async def main(raw):
     values = json.loads(raw)
-    values["home"], values["runtime_dir"] = Path(values["home"]), Path(values["runtime_dir"])  # older Settings
+    for key in ("home", "runtime_dir"):  # an older Settings does not coerce strings
+        values[key] = Path(values[key])
     settings = Settings(**values)
     async with CodeInterpreter(settings) as interp:
         await interp.executor()

@@ -22,7 +22,9 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 AREA_TITLES = {
     "executor": "Executor",
     "files": "Files",
+    "hosts": "Several hosts",
     "limits": "Limits",
+    "meter": "Metering",
     "packages": "Packages",
     "scale": "Scale",
     "sessions": "Sessions",
