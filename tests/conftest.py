@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -179,3 +180,30 @@ def cut_package_index(monkeypatch: pytest.MonkeyPatch) -> Callable[[], str]:
         return url
 
     return cut
+
+
+@pytest.fixture
+def tcp_server() -> Iterator[tuple[int, list[Any]]]:
+    """A TCP server on the host's own 127.0.0.1: (its port, the addresses of what reached it)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.settimeout(0.2)
+    accepted: list[Any] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, addr = srv.accept()
+            except OSError:
+                continue
+            accepted.append(addr)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    srv.close()

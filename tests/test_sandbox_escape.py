@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -164,32 +162,6 @@ async def test_input_files_are_read_only(executor: Executor, tmp_path: Path) -> 
 
 
 # -- network ---------------------------------------------------------------------------------------
-@pytest.fixture
-def tcp_server() -> Iterator[tuple[int, list[Any]]]:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.2)
-    accepted: list[Any] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, addr = srv.accept()
-            except OSError:
-                continue
-            accepted.append(addr)
-            conn.close()
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], accepted
-    stop.set()
-    t.join()
-    srv.close()
-
-
 async def test_no_route_to_host_loopback_or_internet(
     executor: Executor, tcp_server: tuple[int, list[Any]]
 ) -> None:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -219,37 +217,10 @@ async def test_census_mode_records_every_call_and_names_the_workload(
 
 
 # -- loopback ------------------------------------------------------------------------------------------
-@pytest.fixture
-def host_server() -> Iterator[tuple[int, list[Any]]]:
-    """A TCP server on the host's own 127.0.0.1, counting what reaches it."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    srv.settimeout(0.2)
-    accepted: list[Any] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, addr = srv.accept()
-            except OSError:
-                continue
-            accepted.append(addr)
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1], accepted
-    stop.set()
-    thread.join()
-    srv.close()
-
-
 async def test_code_serves_and_connects_on_its_own_loopback_but_not_the_hosts(
-    executor: Executor, host_server: tuple[int, list[Any]]
+    executor: Executor, tcp_server: tuple[int, list[Any]]
 ) -> None:
-    port, accepted = host_server
+    port, accepted = tcp_server
     code = f"""
 import socket, threading
 for family, host in ((socket.AF_INET, '127.0.0.1'), (socket.AF_INET6, '::1')):

@@ -41,7 +41,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..errors import FileStoreError
 from ..settings import Settings
-from ..storage.retry import RetryContext, RetryPolicy, context_for, with_retries
+from ..storage.retry import RetryContext, RetryPolicy, context_for
 from . import cache
 from .blobs import CODEC, BlobTooLarge
 from .buckets import LEGACY_BUCKET, Buckets, blob_path, bucket_for, bucket_of
@@ -389,9 +389,7 @@ class FileManager:
     async def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         ctx = self._ctx
         try:
-            return await with_retries(
-                op, what=what, policy=ctx.policy, server=ctx.server or "MongoDB", on_retry=ctx.on_retry
-            )
+            return await ctx.run(op, what)
         except PyMongoError as exc:  # not transient: the server refused the operation
             raise FileStoreError(f"MongoDB at {ctx.server or 'MongoDB'} refused to {what}: {exc}") from exc
 

@@ -37,7 +37,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError, WriteConcernError
 
 from ..errors import FileStoreError, LeaseLost, SnapshotRefused, StorageUnavailable
 from ..settings import Settings
-from ..storage.retry import context_for, with_retries
+from ..storage.retry import context_for
 from . import leases as L
 from .blobs import CODEC, BlobStore, BlobTooLarge
 from .leases import Lease, SavedSession, check_host, check_session, check_user, fence, lease_from
@@ -484,7 +484,7 @@ def _default_retry(db: AsyncDatabase[Any]) -> Retry:
 
     async def run(op: Callable[[], Awaitable[Any]], what: str) -> Any:
         try:
-            return await with_retries(op, what=what, policy=ctx.policy, server=server, on_retry=ctx.on_retry)
+            return await ctx.run(op, what)
         except PyMongoError as exc:  # not transient: the server refused the operation
             raise FileStoreError(f"MongoDB at {server} refused to {what}: {exc}") from exc
 

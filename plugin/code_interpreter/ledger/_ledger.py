@@ -29,7 +29,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from ..errors import CodeInterpreterError, StorageUnavailable
 from ..settings import FILE_TTL_HOURS
-from ..storage.retry import context_for, with_retries
+from ..storage.retry import context_for
 from ._link import current_link
 from ._prices import ComputePrices, default_compute_prices
 from ._record import ExecutionUsage
@@ -101,13 +101,7 @@ class ExecutionLedger:
         self._closing = False
 
     async def _retrying(self, op: Callable[[], Any], what: str) -> Any:
-        return await with_retries(
-            op,
-            what=what,
-            policy=self._retry.policy,
-            server=self._retry.server or "MongoDB",
-            on_retry=self._retry.on_retry,
-        )
+        return await self._retry.run(op, what)
 
     async def ensure_indexes(self) -> None:
         """Indexes for queries by user and time, by time, by session and by model request."""

@@ -130,23 +130,13 @@ class ComputePrices:
         Raises:
             ConfigurationError: the override file is unreadable, or its compute section is malformed.
         """
-        packaged = json.loads(
-            resources.files("code_interpreter").joinpath("data", "compute_prices.json").read_text("utf-8")
-        )
+        packaged, data, path = read_price_files("compute_prices.json", override)
         values = _section(packaged, "data/compute_prices.json")
         source, as_of = str(packaged["source"]), str(packaged["as_of"])
-        if override is not None:
-            path = Path(override)
-            try:
-                data = json.loads(path.read_text("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ConfigurationError(
-                    f"price file {path}: {exc}; fix it or unset CODE_INTERPRETER_PRICES_FILE"
-                ) from exc
-            if isinstance(data, dict) and "compute" in data:
-                values.update(_section(data, str(path), partial=True))
-                source = f"{data.get('source', path)} (operator file {path}) over {source}"
-                as_of = str(data.get("as_of", as_of))
+        if path is not None and isinstance(data, dict) and "compute" in data:
+            values.update(_section(data, str(path), partial=True))
+            source = f"{data.get('source', path)} (operator file {path}) over {source}"
+            as_of = str(data.get("as_of", as_of))
         return cls(**values, source=source, as_of=as_of)
 
 
@@ -190,3 +180,27 @@ def default_compute_prices(override: Path | str | None = None) -> ComputePrices:
     """The packaged compute prices, under ``override`` or ``$CODE_INTERPRETER_PRICES_FILE`` when set."""
     chosen = override if override is not None else os.environ.get("CODE_INTERPRETER_PRICES_FILE") or None
     return _load_cached(str(chosen) if chosen is not None else None)
+
+
+def read_price_files(
+    packaged_name: str, override: Path | str | None
+) -> tuple[dict[str, Any], Any, Path | None]:
+    """The packaged ``data/<packaged_name>``, and the operator's prices file ``override`` when given.
+
+    Returns (packaged, the override's JSON or None, the override's path or None).
+
+    Raises:
+        ConfigurationError: the override file is unreadable or not JSON.
+    """
+    packaged = json.loads(
+        resources.files("code_interpreter").joinpath("data", packaged_name).read_text("utf-8")
+    )
+    if override is None:
+        return packaged, None, None
+    path = Path(override)
+    try:
+        return packaged, json.loads(path.read_text("utf-8")), path
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"price file {path}: {exc}; fix it or unset CODE_INTERPRETER_PRICES_FILE"
+        ) from exc

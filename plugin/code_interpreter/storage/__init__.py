@@ -96,13 +96,7 @@ class Storage:
         db = self.db
         ctx = self._context(self._server(), self._recover if self._embedded else None)
         try:
-            await with_retries(
-                lambda: db.command("ping"),
-                what="ping",
-                policy=ctx.policy,
-                server=ctx.server or "MongoDB",
-                on_retry=ctx.on_retry,
-            )
+            await ctx.run(lambda: db.command("ping"), "ping")
         except PyMongoConfigurationError as exc:  # the first contact is where an SRV URI is resolved
             uri = self.settings.mongodb_uri if self._handler_db is None else None
             raise _configuration_problem(uri or "", exc) from exc

@@ -80,6 +80,12 @@ class RetryContext:
     server: str | None = None
     """Name of the server for error messages (credentials never included)."""
 
+    async def run(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """``op`` under these retries (:func:`with_retries`); ``what`` names it in the error."""
+        return await with_retries(
+            op, what=what, policy=self.policy, server=self.server or "MongoDB", on_retry=self.on_retry
+        )
+
 
 # Storage registers its client here so a FileManager built from a bare AsyncDatabase still
 # gets the right policy and the embedded server's restart hook (the seed passes only the db).

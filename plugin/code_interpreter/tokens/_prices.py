@@ -8,16 +8,15 @@ with no entry has no price: callers get None and a warning, never an invented fi
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..ledger._prices import read_price_files
 from ._encoding import normalize_model
 
 __all__ = ["ModelPrice", "PriceTable", "default_prices", "estimate_cost"]
@@ -65,19 +64,10 @@ class PriceTable:
         Raises:
             ConfigurationError: the override file is missing or malformed.
         """
-        packaged = json.loads(
-            resources.files("code_interpreter").joinpath("data", "prices.json").read_text("utf-8")
-        )
+        packaged, data, path = read_price_files("prices.json", override)
         models = _entries(packaged, "data/prices.json")
         source, as_of = str(packaged["source"]), str(packaged["as_of"])
-        if override is not None:
-            path = Path(override)
-            try:
-                data = json.loads(path.read_text("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ConfigurationError(
-                    f"price file {path}: {exc}; fix it or unset CODE_INTERPRETER_PRICES_FILE"
-                ) from exc
+        if path is not None:
             if isinstance(data, dict) and "models" not in data and "compute" in data:
                 return cls(models, source, as_of)  # a file of compute prices only (code_interpreter.ledger)
             models.update(_entries(data, str(path)))

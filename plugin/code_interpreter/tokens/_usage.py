@@ -36,7 +36,7 @@ from ..ledger import (
 from ..ledger._summary import GROUP_FIELDS, daily_pipeline, merge_daily, merge_rows
 from ..ledger._summary import GroupBy as CostGroupBy
 from ..settings import FILE_TTL_HOURS, Settings
-from ..storage.retry import context_for, with_retries
+from ..storage.retry import context_for
 from ._estimate import TokenEstimate
 from ._prices import PriceTable, default_prices
 
@@ -136,13 +136,7 @@ class UsageStore:
         return self.executions.prices
 
     async def _retrying(self, op: Callable[[], Any], what: str) -> Any:
-        return await with_retries(
-            op,
-            what=what,
-            policy=self._retry.policy,
-            server=self._retry.server or "MongoDB",
-            on_retry=self._retry.on_retry,
-        )
+        return await self._retry.run(op, what)
 
     def _now(self) -> datetime:
         now = self.clock()
