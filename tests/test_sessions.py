@@ -105,6 +105,26 @@ async def test_files_stay_and_only_new_or_changed_ones_return(interp: CodeInterp
     ] == ["figure_1.png"]
 
 
+async def test_a_chart_it_made_passed_back_as_an_input_is_not_a_name_clash(interp: CodeInterpreter) -> None:
+    """#25: the call after a chart noted "the upload 'figure_1.png' is not in the working directory"
+    when the host passed the stored chart back (as MCP and chat do with a user's files): the file there
+    is that upload. A different file under an upload's name still gets the note."""
+    user, sid = _uid(), "chart-back"
+    chart = _ok(
+        await interp.execute("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nNone", user, session_id=sid)
+    )
+    file_id = chart["generated_files"][0]["file_id"]
+    back = _ok(await interp.execute("import os\nprint(os.path.getsize('figure_1.png'))", user, [file_id],
+                                    session_id=sid))  # fmt: skip
+    assert int(back["output"]) == chart["generated_files"][0]["size"]
+    assert not any("figure_1.png" in n for n in back["notes"]), back["notes"]
+    _ok(await interp.execute("open('report.txt', 'w').write('mine')", user, session_id=sid))
+    other = await interp.files.upload_file(user, b"theirs", "report.txt")
+    clash = _ok(await interp.execute("print(open('report.txt').read())", user, [other], session_id=sid))
+    assert clash["output"] == "mine\n"
+    assert any("'report.txt' is not in the working directory" in n for n in clash["notes"]), clash["notes"]
+
+
 async def test_inputs_appear_by_name_one_shot_and_in_sessions(interp: CodeInterpreter) -> None:
     user = _uid()
     up = await interp.files.upload_file(user, b"city,sales\nOslo,3\nLima,5\n", "sales.csv")

@@ -4,6 +4,7 @@ inputs linked into the work dir (in the sandboxed child)."""
 from __future__ import annotations
 
 import atexit
+import filecmp
 import importlib
 import importlib.util
 import io
@@ -21,6 +22,7 @@ __all__ = ["THREAD_GRACE_S", "finish_threads", "flush_streams", "link_inputs", "
 
 #: At the end of a one-shot execution, non-daemon threads get this long to finish before they are stopped.
 THREAD_GRACE_S = 5.0
+SAME_FILE_MAX_BYTES = 64 * 2**20  # larger files of the upload's name are not compared: the note is said
 
 
 def _installed(name: str) -> bool:
@@ -172,7 +174,7 @@ def link_inputs(files: dict[str, dict[str, Any]], work_dir: str) -> list[str]:
             os.symlink(path, target)
             _LINKED[os.path.abspath(target)] = path
         except FileExistsError:
-            if not (os.path.islink(target) and os.readlink(target) == path):
+            if not (os.path.islink(target) and os.readlink(target) == path) and not _same_file(target, path):
                 notes.append(
                     f"the upload {name!r} is not in the working directory under that name (a file of that "
                     f"name exists there); open it with load_file({file_id!r}) or FILES[{file_id!r}]"
@@ -182,6 +184,19 @@ def link_inputs(files: dict[str, dict[str, Any]], work_dir: str) -> list[str]:
                 f"the upload {name!r} could not be linked into the working directory ({exc.strerror})"
             )
     return notes
+
+
+def _same_file(made: str, upload: str) -> bool:
+    """Whether the file the code made under the upload's name holds the upload's bytes (a chart this
+    session made, stored, then passed back as an input: the same file, nothing to say)."""
+    try:
+        if not os.path.isfile(made) or os.path.getsize(made) != os.path.getsize(upload):
+            return False
+        if os.path.getsize(made) > SAME_FILE_MAX_BYTES:
+            return False
+        return filecmp.cmp(made, upload, shallow=False)
+    except OSError:
+        return False
 
 
 def flush_streams() -> None:
