@@ -205,7 +205,7 @@ async def _memory(interp: CodeInterpreter) -> Table:
         sid = f"mem-{uuid.uuid4().hex[:6]}"
         _ok(await interp.execute(code, "mem", session_id=sid))
         await asyncio.sleep(0.5)
-        [live] = await interp.sessions.list("mem")
+        [live] = [s for s in await interp.sessions.list("mem") if s["id"] == sid]  # the others are saved
         sup, child = read_mem(live["pids"]["supervisor"]), read_mem(live["pids"]["child"])
         if sup is None or child is None:
             raise RuntimeError("the session's processes could not be read")
