@@ -126,14 +126,7 @@ class Ownership:
             raise LeaseLost(f"this host no longer owns session {key[1]!r}")
         if time.monotonic() < lease.local_deadline - self.store.lease_s / 3:
             return
-        try:
-            renewed = await self.store.renew(lease, cells)
-        except LeaseLost:
-            if self.leases.get(key) is lease:
-                del self.leases[key]
-            raise
-        if self.leases.get(key) is lease:
-            self.leases[key] = renewed
+        await self._through(key, lease, self.store.renew(lease, cells))
 
     async def save(self, key: Key, data: bytes, notes: list[str], cells: int) -> None:
         """Store a snapshot made after cell ``cells``, fenced by this host's lease (LeaseLost if taken)."""
@@ -142,14 +135,7 @@ class Ownership:
         lease = self.leases.get(key)
         if lease is None:
             raise LeaseLost(f"this host no longer owns session {key[1]!r}: its snapshot was not saved")
-        try:
-            saved = await self.store.save_snapshot(lease, data, notes, cell=cells)
-        except LeaseLost:
-            if self.leases.get(key) is lease:
-                del self.leases[key]
-            raise
-        if self.leases.get(key) is lease:
-            self.leases[key] = saved
+        await self._through(key, lease, self.store.save_snapshot(lease, data, notes, cell=cells))
 
     async def release(self, key: Key, cells: int, unsaved: str | None = None) -> None:
         """Give the session up (after its last save) so any host may take it; ``unsaved`` says why its
@@ -160,6 +146,32 @@ class Ownership:
         if self.store is not None and lease is not None:
             with contextlib.suppress(StorageUnavailable):  # the lease then runs out on its own
                 await self.store.release(lease, cells, unsaved)
+
+    # -- one held lease, changed by the store ------------------------------------------------------------
+    # Each store call is made with the lease held when it started; by the time it answers, the session may
+    # have been released here and taken anew (a new lease under the same key), which the answer must not
+    # touch. So a lost lease is dropped, and a renewed one kept, only while it is still the one held.
+    async def _through(self, key: Key, lease: Lease, op: Awaitable[Lease]) -> Lease:
+        """Await a store call made with the held ``lease``: keep the lease it returns; on LeaseLost drop
+        the lease and re-raise."""
+        try:
+            renewed = await op
+        except LeaseLost:
+            self._drop(key, lease)
+            raise
+        self._replace(key, lease, renewed)
+        return renewed
+
+    def _drop(self, key: Key, lease: Lease) -> bool:
+        """Forget ``lease`` if it is still the one held for ``key``; whether it was."""
+        if self.leases.get(key) is lease:
+            del self.leases[key]
+            return True
+        return False
+
+    def _replace(self, key: Key, lease: Lease, renewed: Lease) -> None:
+        if self.leases.get(key) is lease:
+            self.leases[key] = renewed
 
     def forget(self, key: Key) -> None:
         """Drop a lease this host lost (never released: it is not ours any more)."""
@@ -210,15 +222,10 @@ class Ownership:
             try:
                 renewed = await self.store.renew(lease, self.cells.get(key))
             except LeaseLost as exc:
-                # Only if that lease is still the one held: released and taken again meanwhile (a session
-                # that ended and started anew here), the new lease is not lost.
-                if self.leases.get(key) is lease:
-                    del self.leases[key]
-                    if self.on_lost is not None:
-                        await self.on_lost(key, exc)
+                if self._drop(key, lease) and self.on_lost is not None:
+                    await self.on_lost(key, exc)
                 continue
-            if self.leases.get(key) is lease:
-                self.leases[key] = renewed
+            self._replace(key, lease, renewed)
             if renewed.handoff_wanted_by:
                 await self._hand_over(key)
 
