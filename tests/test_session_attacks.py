@@ -131,6 +131,37 @@ async def deaf_session(interp: CodeInterpreter, user: str, sid: str) -> tuple[Fo
     return await footprint(interp, user, sid, before), str(r["output"])
 
 
+async def end_session(
+    interp: CodeInterpreter,
+    end: str,
+    user: str,
+    sid: str,
+    fp: Footprint,
+    now: list[float],
+    *,
+    evictor: str,
+    evictor_timeout: float | None = None,
+) -> bool:
+    """End ``user``'s session ``sid`` by ``end`` (one of :data:`END_PATHS`): eviction by a call of
+    ``evictor`` to a new session (made with ``evictor_timeout``), idle expiry by moving the sessions' clock
+    (``now``, which the caller installed) past the idle limit. Whether the interpreter itself was closed."""
+    if end == "reset":
+        assert await interp.sessions.reset(user, sid) is True
+    elif end == "close":
+        assert await interp.sessions.close(user, sid) is True
+    elif end == "eviction":
+        r = await interp.execute("print('other')", evictor, session_id="other", timeout=evictor_timeout)
+        assert r["success"] and r["output"] == "other\n", (r["error"], r["notes"])
+    elif end == "idle expiry":
+        now[0] += 301
+        assert await interp.sessions.expire_idle() == 1
+    else:
+        fp.whole_host = True
+        await interp.close()
+        return True
+    return False
+
+
 @pytest.mark.parametrize("end", END_PATHS)
 async def test_a_deaf_session_ends_within_its_deadline_and_leaves_nothing(
     end: str, make_settings: Callable[..., Settings], sandbox_runtime: Any
@@ -148,20 +179,8 @@ async def test_a_deaf_session_ends_within_its_deadline_and_leaves_nothing(
         fp, output = await deaf_session(interp, user, sid)
         started_at = time.monotonic()
         async with asyncio.timeout(SAVE_S + END_SLACK_S):
-            if end == "reset":
-                assert await interp.sessions.reset(user, sid) is True
-            elif end == "close":
-                assert await interp.sessions.close(user, sid) is True
-            elif end == "eviction":  # the user's cap is 1: another session of theirs makes room
-                r = await interp.execute("print('other')", user, session_id="other")
-                assert r["success"] and r["output"] == "other\n", (r["error"], r["notes"])
-            elif end == "idle expiry":
-                now[0] += 301
-                assert await interp.sessions.expire_idle() == 1
-            else:
-                fp.whole_host = True
-                closed = True
-                await interp.close()
+            # eviction: the user's cap is 1, so another session of theirs makes room
+            closed = await end_session(interp, end, user, sid, fp, now, evictor=user)
         took = time.monotonic() - started_at
         if end != "shutdown":
             assert sid not in [s["id"] for s in await interp.sessions.list(user)]

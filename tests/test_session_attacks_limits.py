@@ -33,7 +33,7 @@ from _residue import assert_gone, footprint, host_descriptors, named, status_kb
 from code_interpreter.interpreter import CodeInterpreter
 from code_interpreter.settings import Settings
 from test_mcp import CLI, http_client, run, text_of, wait_for_line
-from test_session_attacks import END_SLACK_S, MIB, SAVE_S, attack_settings, host, user_id
+from test_session_attacks import END_SLACK_S, MIB, SAVE_S, attack_settings, end_session, host, user_id
 
 
 # -- item 3: the caps under concurrent calls --------------------------------------------------------------
@@ -219,16 +219,8 @@ async def test_a_save_that_never_ends_stalls_nobody(
         fp = await footprint(interp, user, sid, before)
         started_at = time.monotonic()
         async with asyncio.timeout(SAVE_S + SAVE_SLACK_S + END_SLACK_S):
-            if end == "eviction":  # the host's cap is 1: another user's new session needs this one's room
-                other = await interp.execute("print('other')", user_id(), session_id="other", timeout=5)
-                assert other["success"] and other["output"] == "other\n", (other["error"], other["notes"])
-            elif end == "idle expiry":
-                now[0] += 301
-                assert await interp.sessions.expire_idle() == 1
-            else:
-                fp.whole_host = True
-                closed = True
-                await interp.close()
+            # eviction: the host's cap is 1, so another user's new session needs this one's room
+            closed = await end_session(interp, end, user, sid, fp, now, evictor=user_id(), evictor_timeout=5)
         took = time.monotonic() - started_at
         assert took <= SAVE_S + SAVE_SLACK_S, f"{end} took {took:.1f} s with a save deadline of {SAVE_S:g} s"
         await assert_gone(fp, f"{end} returned")
