@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -47,6 +48,12 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _libc.syscall.restype = ctypes.c_long
+
+
+def raw_syscall(nr: int, *args: Any) -> int:
+    """``syscall(nr, *args)`` through the libc loaded once here (in the zygote, before any fork: a child
+    must not look libc up again, which runs ``ldconfig -p``); the raw return value (errno on failure)."""
+    return int(_libc.syscall(nr, *args))
 
 
 class _CapHeader(ctypes.Structure):

@@ -20,13 +20,14 @@ lets it run and records it.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+
+from . import _libc as c
 
 #: What needs each group of system calls: group -> (the calls the census saw, the calls allowed on review
 #: without being seen: the same operations by other entry points — ``*at`` variants, the older or newer
@@ -206,12 +207,10 @@ def load(program: Program) -> int:
 
     no_new_privs must be set already. Raises OSError when neither filter loads.
     """
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.syscall.restype = ctypes.c_long
     for bpf, flags in ((program.notify, _FLAG_NEW_LISTENER), (program.fallback, 0)):
         buf = ctypes.create_string_buffer(bpf, len(bpf))
         prog = _Fprog(len(bpf) // 8, ctypes.addressof(buf))
-        fd = int(libc.syscall(program.seccomp_nr, _SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(prog)))
+        fd = c.raw_syscall(program.seccomp_nr, _SECCOMP_SET_MODE_FILTER, flags, ctypes.byref(prog))
         if fd >= 0:
             return fd if flags else -1
         err = ctypes.get_errno()
