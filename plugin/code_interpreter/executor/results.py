@@ -10,7 +10,6 @@ into the matching exception for hosts that prefer one.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .. import errors
+from .._copies import replaced
 from ..ledger import ExecutionUsage
 
 __all__ = [
@@ -201,9 +201,7 @@ class ExecutionResult:
     def _with(self, name: str, value: Any) -> ExecutionResult:
         """A copy with one field changed (on the call path: cheaper than ``dataclasses.replace``, which
         runs ``__init__`` again; the value is of the field's type, so there is nothing to re-check)."""
-        new = copy.copy(self)
-        object.__setattr__(new, name, value)
-        return new
+        return replaced(self, **{name: value})
 
     def raise_for_error(self) -> ExecutionResult:
         """Return self when it succeeded; else raise the exception matching ``error_type``.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import uuid
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .._copies import replaced
 from ..settings import FILE_TTL_HOURS
 from ._link import ExecutionLink
 from ._prices import ComputeCost, ComputePrices, default_compute_prices
@@ -125,10 +125,7 @@ class ExecutionUsage:
         if not changes:
             return self
         # On the call path: a copy without ``__init__`` (the changed values are already checked).
-        new = copy.copy(self)
-        for name, value in changes.items():
-            object.__setattr__(new, name, value)
-        return new
+        return replaced(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data, JSON-ready view (what ``result["usage"]`` carries); the timestamp in ISO 8601."""
