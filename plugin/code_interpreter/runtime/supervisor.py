@@ -56,7 +56,7 @@ from .sandbox import _libc as c
 from .sandbox.cgroups import ExecCgroup
 from .streams import StatusReader, read_into
 from .warm import Context, Warm
-from .watch import INTERRUPT_GRACE_S, Cell, HostChannel, HostGone, answer_filter, kill_child, watch_cell
+from .watch import INTERRUPT_GRACE_S, Cell, HostChannel, HostGone, kill_child, serve_filter, watch_cell
 
 START_WAIT_S = 30.0
 EXIT_WAIT_S = 1.0
@@ -206,8 +206,8 @@ def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
     warm.poller = select.poll()
     for fd in (warm.pidfd, warm.fds["out"], warm.fds["err"], warm.fds["st"], chan.fd):
         warm.poller.register(fd, select.POLLIN)
-    if warm.listener is not None and warm.listener.receive(warm.pidfd, START_WAIT_S) >= 0:
-        warm.poller.register(warm.listener.fd, select.POLLIN)  # served wherever the supervisor waits
+    if warm.listener is not None:  # served wherever the supervisor waits; its hand-over too
+        warm.poller.register(warm.listener.polled(), select.POLLIN)
     warm.open_fds = {warm.fds["out"], warm.fds["err"], warm.fds["st"]}
     warm.status = StatusReader(cfg.max_generated_files, cfg.max_generated_bytes, cfg.max_snapshot_bytes)
     while True:
@@ -288,8 +288,8 @@ def _idle(warm: Warm, chan: HostChannel) -> Frame | None:
         for fd, event in warm.poller.poll():
             if fd == chan.fd:
                 chan.read()
-            elif warm.listener is not None and fd == warm.listener.fd:
-                answer_filter(warm, warm.poller, event)
+            elif serve_filter(warm, warm.poller, fd, event):
+                pass
             elif fd == warm.pidfd:
                 chan.send(Op.ENDED, reason="the session's process exited")
                 return None
@@ -323,7 +323,7 @@ def _save(warm: Warm, chan: HostChannel, cap: int, *, checkpoint: bool) -> bool:
     except OSError:
         status.error = "the session's process did not take the request"
     poller = select.poll()
-    listener = warm.listener.fd if warm.listener is not None else -1
+    listener = warm.listener.polled() if warm.listener is not None else -1
     for fd in (warm.pidfd, *warm.open_fds, *([listener] if listener >= 0 else [])):
         poller.register(fd, select.POLLIN)
     interrupted = False
@@ -336,8 +336,8 @@ def _save(warm: Warm, chan: HostChannel, cap: int, *, checkpoint: bool) -> bool:
                 os.kill(warm.pid, signal.SIGINT)
             deadline = time.monotonic() + INTERRUPT_GRACE_S
         for fd, event in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            if fd == listener:
-                answer_filter(warm, poller, event)
+            if serve_filter(warm, poller, fd, event):
+                pass
             elif fd == warm.pidfd:
                 status.error = status.error or "the session's process exited"
             elif fd in warm.open_fds:

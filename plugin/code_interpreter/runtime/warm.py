@@ -50,4 +50,4 @@ class Warm:
     background: dict[int, bytearray] = field(default_factory=dict)
     meter: Meter | None = None
     listener: Any = None
-    """The seccomp listener thread (``sandbox.notify.Listener``) once the child is forked."""
+    """The supervisor's end of the seccomp listener (``sandbox.notify.Listener``) once the child is forked."""

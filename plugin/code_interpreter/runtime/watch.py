@@ -164,8 +164,8 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         for fd, event in warm.poller.poll(max(1, int(wait * 1000) + 1)):
             if fd == warm.pidfd:
                 exited = True
-            elif warm.listener is not None and fd == warm.listener.fd:
-                answer_filter(warm, warm.poller, event)
+            elif serve_filter(warm, warm.poller, fd, event):
+                pass
             elif fd == chan.fd:
                 chan.flush()
                 chan.read()
@@ -183,7 +183,7 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         # No report yet: the child died, or garbled its report. Kill it, then read every pipe to EOF (a
         # one-shot child may exit right after writing its report), and the exit status says the rest.
         kill_child(warm)
-        for fd in (warm.pidfd, chan.fd, warm.listener.fd if warm.listener is not None else -1):
+        for fd in (warm.pidfd, chan.fd, warm.listener.polled() if warm.listener is not None else -1):
             with contextlib.suppress(KeyError, ValueError):
                 warm.poller.unregister(fd)
         drain_until = time.monotonic() + DRAIN_S
@@ -211,11 +211,25 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
     return header, (done[2] if done is not None else [])
 
 
-def answer_filter(warm: Warm, poller: select.poll, event: int) -> None:
-    """Answer the child's next call outside the seccomp allowlist; stop polling the listener once unused."""
-    if not warm.listener.answer(event):
+def serve_filter(warm: Warm, poller: select.poll, fd: int, event: int) -> bool:
+    """Whether ``fd`` is the seccomp listener's (see :meth:`~.sandbox.notify.Listener.polled`), served.
+
+    The hand-over socket readable: take the listener and poll it instead. The listener readable: answer
+    the child's next call outside the allowlist; stop polling it once no process uses the filter.
+    """
+    listener = warm.listener
+    if listener is None or fd < 0 or fd != listener.polled():
+        return False
+    pollers = [warm.poller] if poller is warm.poller else [warm.poller, poller]  # (a save polls its own)
+    if listener.sock is None and listener.answer(event):
+        return True
+    for each in pollers:  # the hand-over came, or the listener is no longer used
         with contextlib.suppress(KeyError, ValueError):
-            poller.unregister(warm.listener.fd)
+            each.unregister(fd)
+    if listener.sock is not None and listener.take_over() >= 0:
+        for each in pollers:
+            each.register(listener.fd, select.POLLIN)
+    return True
 
 
 def kill_child(warm: Warm) -> None:

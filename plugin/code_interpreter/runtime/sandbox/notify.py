@@ -60,7 +60,9 @@ class Listener:
     """The supervisor's answers to the child's filtered calls (EPERM, or run them in census mode).
 
     Not a thread: a supervisor that unshared a PID namespace cannot start one. It is served from the
-    supervisor's poll loops instead (:attr:`fd` is registered there; :meth:`answer` when it is readable).
+    supervisor's poll loops instead (:meth:`polled` names what to poll: the hand-over socket until the
+    listener arrives, then the listener; :meth:`take_over` and :meth:`answer` when readable). Nothing
+    waits for the hand-over: the child takes its first request as soon as its setup is done.
     """
 
     def __init__(self, sock: socket.socket, names: dict[int, str], *, census: bool) -> None:
@@ -71,22 +73,21 @@ class Listener:
         """The listener, once received (-1 before, and when the kernel has no user notification)."""
         self.counts: dict[str, int] = {}
 
-    def receive(self, pidfd: int, timeout: float) -> int:
-        """Wait (up to ``timeout`` s, or until the child exits) for the child's listener; return its fd."""
+    def polled(self) -> int:
+        """The fd to poll now: the hand-over socket until the listener came, then the listener (or -1)."""
+        return self.sock.fileno() if self.sock is not None else self.fd
+
+    def take_over(self) -> int:
+        """The hand-over socket is readable: take the child's listener (-1 when it sent none, or died)."""
         sock, self.sock = self.sock, None
         if sock is None:
             return self.fd
         try:
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN)
-            poller.register(pidfd, select.POLLIN)
-            events = dict(poller.poll(max(1, int(timeout * 1000))))
-            if events.get(sock.fileno()):
-                sock.setblocking(False)
-                _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
-                for extra in fds[1:]:
-                    os.close(extra)
-                self.fd = fds[0] if fds else -1
+            sock.setblocking(False)
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
+            for extra in fds[1:]:
+                os.close(extra)
+            self.fd = fds[0] if fds else -1
         except OSError:
             pass  # no listener: the child loaded the plain filter (or died); refusals are then uncounted
         finally:
