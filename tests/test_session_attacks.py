@@ -193,10 +193,16 @@ async def test_a_deaf_session_ends_within_its_deadline_and_leaves_nothing(
     assert "reopen refused" in output, output
 
 
+@pytest.mark.parametrize("when", ["idle", "closing"])
 async def test_a_deaf_session_dies_with_its_host_killed(
-    make_settings: Callable[..., Settings], sandbox_runtime: Any, tmp_path: Path
+    when: str, make_settings: Callable[..., Settings], sandbox_runtime: Any, tmp_path: Path
 ) -> None:
-    """Regression (#22 item 1): supervisors had no parent-death signal; a blocked one outlived the host."""
+    """Regression (#22 item 1): supervisors had no parent-death signal; a blocked one outlived the host.
+
+    ``closing``: the host is killed while it closes the deaf session (an end path under way), which
+    left the supervisor and the child running on ac5d2c5 in both modes. ``idle``: while the session
+    waits for its next cell (the old supervisor saw the socket close and ended it; kept as a check).
+    """
     settings = attack_settings(make_settings, sandbox_runtime)
     values = {"home": str(settings.home), "mongodb_uri": settings.mongodb_uri, "database": settings.database,
               "runtime_dir": str(settings.runtime_dir), "policy": "off",
@@ -204,7 +210,7 @@ async def test_a_deaf_session_dies_with_its_host_killed(
     code = tmp_path / "deaf.py"
     code.write_text(DEAF)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(HOST_SCRIPT), json.dumps(values), user_id(), "deaf", str(code),
+        sys.executable, str(HOST_SCRIPT), json.dumps(values), user_id(), "deaf", str(code), when,
         stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -217,7 +223,8 @@ async def test_a_deaf_session_dies_with_its_host_killed(
         fp.whole_host = True
         proc.kill()
         await proc.wait()
-        await assert_gone(fp, "the host was killed (SIGKILL)")
+        closing = f" while closing the session (close done: {report.get('closing_done')})"
+        await assert_gone(fp, "the host was killed (SIGKILL)" + (closing if when == "closing" else ""))
     finally:
         if proc.returncode is None:
             proc.kill()
