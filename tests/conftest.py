@@ -64,7 +64,11 @@ def start_secantus(storage: Path, port: int | None = None) -> tuple[subprocess.P
     """Start a SecantusDB server process and wait until it answers a ping."""
     port = port or free_port()
     log = open(storage.parent / f"secantus-{port}.log", "ab")  # noqa: SIM115 - closed with the process
-    cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port)]
+    # A 4 GB cache cap (allocated as used), not the default 1 GB: with 1 GB, SecantusDB 0.7.0b3 wedged
+    # once in CI, a GridFS insert waiting forever in WiredTiger's cache eviction while holding the
+    # storage lock its TTL sweeper waited on, ~225 MB into the suite's writes. WiredTiger drafts writers
+    # into eviction at 20% of the cache dirty; 4 GB keeps that out of the suite's reach.
+    cmd = [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port), "--cache-size", "4G"]
     proc = subprocess.Popen(
         [*cmd, "--storage-path", str(storage)],
         stdout=log,
