@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from .locks import async_lock, root_lock
 from .pip import pip_install
 from .plan import InstallPlan, plan_installs
 from .record import PackageRecord
-from .runtime import Runtime, current_generation, runtime_for
+from .runtime import CURRENT_LINK, Runtime, runtime_for
 
 __all__ = ["ImportScan", "PackageManager", "PrepareResult", "SwapHook"]
 
@@ -100,6 +100,8 @@ class PackageManager:
         """pip runs started by this manager (a counter tests and status use)."""
         self._runtime: Runtime | None = None
         self._listing: tuple[Path, int, frozenset[str], dict[str, str]] | None = None
+        self._available: tuple[frozenset[str], set[str], frozenset[str]] | None = None  # available_modules
+        self._current: tuple[Runtime, str, str, str] | None = None  # _still_current's strings, per runtime
         self._record = PackageRecord(settings.runtime_path / RECORD_FILE)
 
     # -- names ---------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ class PackageManager:
         known = self._runtime
         # Every execution comes through here: when `current` still names our generation and its python is
         # there, skip re-reading the runtime's record files (a burst of calls would stall the event loop).
-        if known is not None and _still_current(known):
+        if known is not None and self._still_current(known):
             return known
         rt = await generations.ensure_runtime(self.settings, progress=progress)
         old = self._runtime
@@ -142,9 +144,28 @@ class PackageManager:
             await self._fire_swap(rt)
         return rt
 
+    def _still_current(self, rt: Runtime) -> bool:
+        """``current`` still names ``rt``'s generation (a relative link is relative to the root, as in
+        ``current_generation``) and its python exists: a readlink and a stat."""
+        if self._current is None or self._current[0] is not rt:
+            self._current = (rt, str(rt.root / CURRENT_LINK), os.path.normpath(rt.path), str(rt.python))
+        _, link, path, python = self._current
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return False
+        target = os.path.normpath(os.path.join(os.path.dirname(link), target))
+        return target == path and os.path.exists(python)
+
     def available_modules(self, runtime: Runtime | None = None) -> frozenset[str]:
         """Top-level modules importable in the runtime: stdlib, site-packages and provided modules."""
-        return self._scan_site(runtime or self.runtime)[0] | self.provided_modules
+        listed = self._scan_site(runtime or self.runtime)[0]
+        cached = self._available  # every execution asks: the union is made once per listing
+        if cached is not None and cached[0] is listed and cached[1] == self.provided_modules:
+            return cached[2]
+        union = listed | self.provided_modules
+        self._available = (listed, set(self.provided_modules), union)
+        return union
 
     def runtime_versions(self) -> dict[str, str] | None:
         """``{"python", "pandas", "numpy"}`` versions of the runtime as installed (None before it exists).
@@ -306,11 +327,15 @@ class PackageManager:
                 ]
         return installed, notes, missing
 
-    def _needs_work(self, rt: Runtime, modules: Iterable[str], requested: Sequence[str]) -> bool:
+    def _needs_work(self, rt: Runtime, modules: Collection[str], requested: Sequence[str]) -> bool:
+        if not modules and not requested:
+            return False  # imports nothing: no listing to read
         available = self.available_modules(rt)
         if any(m not in available for m in modules):
             return True
-        have = self.installed_distributions(rt)
+        if not requested:
+            return False
+        have = self._scan_site(rt)[1]
         return any(d not in have for d in requested)
 
     async def _install_required_and_optional(
@@ -473,8 +498,3 @@ def _iso(ts: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _still_current(rt: Runtime) -> bool:
-    """``current`` still names ``rt``'s generation and its python exists (a readlink and a stat)."""
-    return current_generation(rt.root) == rt.path and os.path.exists(rt.python)
