@@ -39,6 +39,8 @@ INTERRUPT_GRACE_S = 2.0  # a session's cell gets this long to stop at KeyboardIn
 KILL_VERIFY_S = 2.0  # after a kill, every process of the execution must be gone within this
 CLOSE_WAIT_S = 2.0  # a supervisor asked to close gets this long to exit on its own
 START_WAIT_S = 30.0
+#: A first cell with a snapshot up to this size is sent right behind ``start``, before its answer.
+PIPELINED_RESTORE = 64 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -80,6 +82,12 @@ class SandboxProcess:
         return self.channel is not None and not self._exited()
 
     @property
+    def open(self) -> bool:
+        """Started and not closed (no system call: what a cell's end knows; :attr:`alive` also asks the
+        kernel whether the supervisor is still there)."""
+        return self.channel is not None
+
+    @property
     def pids(self) -> tuple[int | None, int | None]:
         """(supervisor pid, sandboxed child pid) on the host, while started."""
         if self.channel is None:
@@ -114,7 +122,8 @@ class SandboxProcess:
         async with self.executor.slots.hold(self.user_id):
             started = time.perf_counter()
             try:
-                if self.channel is None:
+                fresh = self.channel is None
+                if fresh:
                     if self._stopped:  # closed between cells (a save ran out of time): not silently anew
                         raise ProcessGone("the session's process was stopped")
                     await self._start()
@@ -122,8 +131,15 @@ class SandboxProcess:
                     await self.close(polite=False)
                     raise ProcessGone("the session's process had ended")
                 assert self.channel is not None
+                # A fresh process gets its first cell right behind ``start`` (one round trip, not two),
+                # unless a large snapshot comes with it: a sandbox that failed its setup never reads it.
+                ahead = fresh and len(restore) <= PIPELINED_RESTORE
+                if fresh and not ahead:
+                    await self._started()
                 await self.channel.send(Op.CELL, restore, code=code, timeout=timeout, files=inputs,
                                         stream=on_event is not None, restore=len(restore))  # fmt: skip
+                if ahead:
+                    await self._started()
                 result, alive = await self._await_result(outcome, on_event, started)
             except ProcessGone:
                 raise
@@ -148,6 +164,10 @@ class SandboxProcess:
     async def _start(self) -> None:
         self.channel = await self.executor.connect(self)
         await self.channel.send(Op.START, version=PROTOCOL_VERSION, keep_state=self.keep_state)
+
+    async def _started(self) -> None:
+        """The supervisor's answer to ``start`` (the first cell is already on its way behind it)."""
+        assert self.channel is not None
         async with asyncio.timeout(START_WAIT_S):
             frame, _ = await self.channel.receive()
         if frame["op"] != Op.STARTED:

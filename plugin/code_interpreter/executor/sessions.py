@@ -122,7 +122,8 @@ class SessionManager:
                 finally:
                     session.busy = False
                     session.last_used = self.clock()
-                    if session.process is not None and not session.process.alive:
+                    # A cell that ended its process closed it; one that died since: the next cell finds out.
+                    if session.process is not None and not session.process.open:
                         await self._forget(session, restarted=True)
 
     async def _cell(
@@ -186,7 +187,7 @@ class SessionManager:
         info = SessionInfo(session.session_id, session.state, session.cells,
                            handoff=taken.handoff if taken is not None else None)  # fmt: skip
         result = result.with_session(info)
-        alive = session.process is not None and session.process.alive
+        alive = session.process is not None and session.process.open
         if not alive and result.error and "session" not in result.error:
             result = result.with_notes(
                 "the session's process was stopped: the next call starts a fresh session"

@@ -229,8 +229,8 @@ def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
 def _cell(warm: Warm, chan: HostChannel, req: Frame, keep_state: bool) -> tuple[Frame, list[bytes]]:
     ctx = warm.ctx
     files = [f for f in req["files"] if isinstance(f, dict)]
-    if ctx.mode != "none":
-        new = [f for f in files if f["path"] not in warm.shown]
+    new = [f for f in files if f["path"] not in warm.shown] if ctx.mode != "none" else []
+    if new:
         sandbox.mounts.add_inputs(ctx.config.root_dir, ctx.config.stage_dir,
                                   [(f["host_path"], f["path"]) for f in new])  # fmt: skip
         warm.shown.update(f["path"] for f in new)

@@ -177,6 +177,8 @@ def add_inputs(root: str, stage: str, inputs: Sequence[tuple[str, str]]) -> None
     the child's namespace receives is a copy of a read-only mount. The inputs tmpfs grows to hold them
     all (any number of files). An error names no host path (the message reaches the model).
     """
+    if not inputs:
+        return  # most cells: nothing new to show, and no statvfs on the way
     _room_for(os.path.join(root, INPUTS_DIR.lstrip("/")), 2 * len(inputs))
     for index, (host_file, inside) in enumerate(inputs):
         if not _covered(inside, (INPUTS_DIR,)):
