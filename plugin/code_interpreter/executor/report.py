@@ -13,6 +13,8 @@ from .results import ExecutionResult, GeneratedFile, MeasuredUsage
 
 __all__ = ["Outcome", "blocked_note", "from_report", "measured_usage", "relative_name"]
 
+_NUMBER = (int, float)
+
 # The last line of a traceback names the exception: "ZeroDivisionError: division by zero".
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
 
@@ -139,12 +141,16 @@ def measured_usage(usage: object) -> MeasuredUsage | None:
     numbers = []
     for key in ("cpu_seconds", "peak_memory_bytes", "wall_seconds"):
         value = usage.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, _NUMBER) or not math.isfinite(value):
             return None
         numbers.append(max(0.0, float(value)))
     cpu, peak, wall = numbers
-    sources = {str(usage.get("cpu_source") or "")[:20], str(usage.get("memory_source") or "")[:20]} - {""}
-    by = "+".join(sorted(sources)) or "unknown"
+    cpu_source, memory_source = usage.get("cpu_source"), usage.get("memory_source")
+    if cpu_source == memory_source and type(cpu_source) is str and 0 < len(cpu_source) <= 20:
+        by = cpu_source  # the usual case: both from the cgroup, or both from procfs
+    else:
+        sources = {str(cpu_source or "")[:20], str(memory_source or "")[:20]} - {""}
+        by = "+".join(sorted(sources)) or "unknown"
     return MeasuredUsage(round(cpu, 6), round(peak / 2**20, 3), round(wall, 6), by)
 
 

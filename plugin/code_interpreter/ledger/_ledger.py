@@ -148,7 +148,8 @@ class ExecutionLedger:
         now = now if now.tzinfo else now.replace(tzinfo=UTC)
         usage = usage.completed(current_link(), now, self.prices, self.storage_hours)
         self._pending.append(usage)
-        self._pending_cost[(usage.user_id, usage.day or "")] += usage.cost_usd or 0.0
+        day = now.date().isoformat() if usage.timestamp is now and now.tzinfo is UTC else usage.day
+        self._pending_cost[(usage.user_id, day or "")] += usage.cost_usd or 0.0
         if len(self._pending) > self.max_pending:
             self._drop(len(self._pending) - self.max_pending)
         if len(self._pending) >= self.flush_every:
