@@ -98,7 +98,8 @@ SHAPES: dict[Op, Shape] = {
     Op.READY: _shape(4 * MIB, {"version": int, "error": str, "probe": dict, "layers": dict}),
     Op.FAILED: _shape(64 * KIB, id=str, error=str),
     Op.GO: _shape(4 * KIB),
-    Op.START: _shape(64 * KIB, version=int, keep_state=bool),
+    # ``layers``: each result names the sandbox layers that hold (the zygote's self-test).
+    Op.START: _shape(64 * KIB, {"layers": bool}, version=int, keep_state=bool),
     Op.CELL: _shape(
         MAX_FRAME, {"stream": bool, "restore": int, "keep_state": bool}, code=str, timeout=_NUM, files=list
     ),
@@ -108,9 +109,15 @@ SHAPES: dict[Op, Shape] = {
     Op.STARTED: _shape(64 * KIB, version=int, supervisor_pid=int, child_pid=int),
     Op.EVENT: _shape(2 * MIB, stream=str, text=str),
     # ``usage``: the supervisor's measures of the cell (runtime/meter.py), absent when it did not run;
-    # ``blocked``: syscalls the seccomp allowlist refused during the cell, by name.
+    # ``blocked``: syscalls the seccomp allowlist refused during the cell, by name; ``layers``: only when
+    # ``start`` asked.
     Op.RESULT: _shape(
-        MAX_FRAME, {"usage": dict, "blocked": dict}, status=str, alive=bool, files=list, notes=list
+        MAX_FRAME,
+        {"usage": dict, "blocked": dict, "layers": dict},
+        status=str,
+        alive=bool,
+        files=list,
+        notes=list,
     ),
     Op.SNAPSHOT: _shape(64 * KIB, {"alive": bool}, size=int, notes=list),
     Op.ENDED: _shape(64 * KIB, reason=str),

@@ -163,6 +163,7 @@ def serve(warm: Warm, ctl: socket.socket) -> NoReturn:
         start = chan.next_request(START_WAIT_S)
         if start is not None and start["op"] == Op.START:
             check_version(start)
+            warm.report_layers = bool(start.get("layers"))
             _run(warm, chan, bool(start["keep_state"]))
     except HostGone:
         code = 0

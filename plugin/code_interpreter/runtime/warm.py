@@ -48,6 +48,8 @@ class Warm:
     status: StatusReader = field(default_factory=lambda: StatusReader(0, 0, 0))
     shown: set[str] = field(default_factory=set)
     background: dict[int, bytearray] = field(default_factory=dict)
+    report_layers: bool = False
+    """Each result names the layers that hold (the zygote's self-test asks for it in ``start``)."""
     meter: Meter | None = None
     listener: Any = None
     """The supervisor's end of the seccomp listener (``sandbox.notify.Listener``) once the child is forked."""

@@ -293,8 +293,6 @@ def _header(
 ) -> Frame:
     out_fd, err_fd = warm.fds["out"], warm.fds["err"]
     status = warm.status
-    layers = dict(warm.layers)
-    layers.update((status.ready or {}).get("layers") or {})
     header: Frame = {
         "status": "ok",
         "elapsed": elapsed,
@@ -302,12 +300,15 @@ def _header(
         "stderr": cell.outs[err_fd].text(),
         "stdout_dropped": cell.outs[out_fd].dropped,
         "stderr_dropped": cell.outs[err_fd].dropped,
-        "layers": layers,
         "notes": [],
         "files": [],
         "alive": alive,
         "dropped_events": chan.dropped_events,
     }
+    if warm.report_layers:  # the self-test's one cell; the host reports those layers, never a cell's
+        layers = dict(warm.layers)
+        layers.update((status.ready or {}).get("layers") or {})
+        header["layers"] = layers
     if done is not None:
         msg = done[1]
         header["exit_code"] = msg["rc"]

@@ -128,7 +128,7 @@ class Zygote:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.dispatch("probe", theirs.detach())
-            send(mine.fileno(), Op.START, version=PROTOCOL_VERSION, keep_state=False)
+            send(mine.fileno(), Op.START, version=PROTOCOL_VERSION, keep_state=False, layers=True)
             send(mine.fileno(), Op.CELL, code="pass", files=[], timeout=self.context.config.max_timeout)
             while True:
                 frame = read_frame(mine.fileno(), EXECUTION_TO_HOST)
