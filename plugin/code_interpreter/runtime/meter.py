@@ -7,8 +7,9 @@ before anything is killed).
 
 **With cgroups** (strict mode as root: the execution's own v1 ``cpuacct`` and ``memory`` cgroups).
 CPU is the growth of ``cpuacct.usage``: nanoseconds of user + system time of every process that ever
-ran in the execution, exited ones included. Peak memory is ``memory.max_usage_in_bytes``, reset at
-the cell's start, minus ``memory.usage_in_bytes`` then: what the cell added at its peak. The pages the
+ran in the execution, exited ones included. Peak memory is ``memory.max_usage_in_bytes``, reset when
+the previous cell's result has been sent (or at the cell's start, for the first), minus
+``memory.usage_in_bytes`` then: what the cell added at its peak. The pages the
 child shares with the warm zygote it was forked from are charged to the zygote's cgroup, not this one;
 the copies it makes of them (copy-on-write), its tmpfs files and the page cache it fills are charged
 here.
@@ -17,8 +18,8 @@ here.
 of the execution's process tree's ``utime + stime + cutime + cstime`` (``/proc/<pid>/stat``, clock
 ticks: 10 ms resolution): the child, every live or not yet reaped descendant (found through
 ``/proc/<pid>/task/<tid>/children``), and whatever they reaped. Peak memory: each process's
-high-water mark (``VmHWM``) is reset at the cell's start (``clear_refs`` 5) and read again at its end
-and every :data:`SAMPLE_S` seconds while it runs; their sum minus the resident memory at the start.
+high-water mark (``VmHWM``) is reset when the peaks are (``clear_refs`` 5) and read again at the cell's
+end and every :data:`SAMPLE_S` seconds while it runs; their sum minus the resident memory at the reset.
 What this cannot see, said plainly: a process that ends unreaped (its parent ignores SIGCHLD) takes
 its CPU time with it; a short-lived process that ends between two samples is not in the peak; pages
 shared between processes of the execution (a ``fork`` without ``exec``) count once per process; a
@@ -27,7 +28,8 @@ process's high-water mark (it owns ``/proc/self/clear_refs``), which only the sa
 The limits (rlimits) hold regardless: this is the bill, not the wall.
 
 Both: CPU used between two cells of a session (a background thread) counts in the next cell, so a
-session's cells add up to everything it used; peak memory and wall time are each cell's own.
+session's cells add up to everything it used; so does memory a background thread takes between two
+cells, for the next cell's peak. Wall time is each cell's own.
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class Meter:
         self._memory_base = 0
         self._peaks: dict[tuple[int, int], int] = {}  # procfs: (pid, start time) → highest VmHWM seen
         self._next_sample = float("inf")
+        self._armed = False  # reset() ran since the last cell ended
         # The cgroup counters stay open: each cell then reads and resets them in a syscall each.
         self._counters: dict[str, int] = {}
         for name, dir_fd, flags in (
@@ -184,23 +187,32 @@ class Meter:
         """``cgroup`` or ``procfs``."""
         return "cgroup" if self.memory_fd is not None else "procfs"
 
-    def begin(self) -> None:
-        """The cell starts now: reset the peaks, note what is resident and (first cell) the CPU so far."""
-        if self._cpu_mark is None:
-            self._cpu_mark = self._cpu_seconds()
+    def reset(self) -> None:
+        """Restart the peaks from what is resident now: between cells, once a result is sent (off the next
+        cell's path), or by :meth:`begin` when nothing did since the last cell."""
+        self._armed = True
         if self.memory_fd is not None:
             with contextlib.suppress(OSError, KeyError):  # the peak restarts from the usage now
                 os.pwrite(self._counters["memory.max_usage_in_bytes"], b"0", 0)
             self._memory_base = self._counter("memory.usage_in_bytes") or 0
-        else:
-            self._peaks = {}
-            self._memory_base = 0
-            for pid in process_tree(self.pid):
-                _write(f"/proc/{pid}/clear_refs", b"5")  # VmHWM restarts from VmRSS
-                start, memory = _stat(pid), _memory(pid)
-                if start is not None and memory is not None:
-                    self._peaks[(pid, start[0])] = memory[0]
-                    self._memory_base += memory[0]
+            return
+        self._peaks = {}
+        self._memory_base = 0
+        for pid in process_tree(self.pid):
+            _write(f"/proc/{pid}/clear_refs", b"5")  # VmHWM restarts from VmRSS
+            start, memory = _stat(pid), _memory(pid)
+            if start is not None and memory is not None:
+                self._peaks[(pid, start[0])] = memory[0]
+                self._memory_base += memory[0]
+
+    def begin(self) -> None:
+        """The cell starts now: (first cell) the CPU so far, and the peaks reset unless :meth:`reset` ran."""
+        if self._cpu_mark is None:
+            self._cpu_mark = self._cpu_seconds()
+        if not self._armed:
+            self.reset()
+        self._armed = False
+        if self.memory_fd is None:
             self._next_sample = time.monotonic() + SAMPLE_S
         self._started = time.monotonic()
 

@@ -224,6 +224,8 @@ def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
             chan.send(Op.RESULT, blobs, **header)
             if not keep_state or not header["alive"]:
                 return
+        if warm.meter is not None:
+            warm.meter.reset()  # for the next cell, while the host reads this one's result
         # an ``interrupt`` that arrives after its cell ended has nothing left to stop
 
 
