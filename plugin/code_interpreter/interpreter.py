@@ -93,6 +93,8 @@ class CodeInterpreter:
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> CodeInterpreter:
         """Connect to MongoDB (or start the embedded server) and create indexes. Idempotent."""
+        if self._started:  # every call comes through here: no lock once started
+            return self
         async with self._start_lock:
             if self._started:
                 return self
@@ -273,23 +275,26 @@ class CodeInterpreter:
         if findings:
             raise PolicyViolation(policy_message(findings))
         notes = [*request.notes, *await self._prepare_packages(request)]
-        async with self._pinned(request) as refs:
-            if request.session_id is None:
-                executor = await self.executor()
-                result = await executor.execute(
-                    request.code,
-                    user_id=request.user_id,
-                    files=refs,
-                    timeout=request.timeout,
-                    on_event=on_event,
-                )
-            else:
-                result = await self.sessions.run_cell(
-                    request.user_id, request.session_id, request.code, refs, request.timeout, (), on_event
-                )
+        if request.file_ids:
+            async with self._pinned(request) as refs:
+                result = await self._sandboxed(request, refs, on_event)
+        else:
+            result = await self._sandboxed(request, [], on_event)
         result = result.with_notes(*notes, first=True)
         result, stored = await self._store_generated(request.user_id, result, on_event)
         return await self._record_usage(request, result, stored)
+
+    async def _sandboxed(
+        self, request: ExecutionRequest, refs: list[FileRef], on_event: EventCallback | None
+    ) -> ExecutionResult:
+        """The code run in a one-shot sandbox, or as a cell of the request's session."""
+        if request.session_id is None:
+            executor = await self.executor()
+            return await executor.execute(request.code, user_id=request.user_id, files=refs,
+                                          timeout=request.timeout, on_event=on_event)  # fmt: skip
+        return await self.sessions.run_cell(
+            request.user_id, request.session_id, request.code, refs, request.timeout, (), on_event
+        )
 
     async def _prepare_packages(self, request: ExecutionRequest) -> list[str]:
         """Install what the code imports (approved only); the notes to add. PackageNotApproved if refused."""
@@ -309,9 +314,6 @@ class CodeInterpreter:
     @contextlib.asynccontextmanager
     async def _pinned(self, request: ExecutionRequest) -> AsyncIterator[list[FileRef]]:
         """The request's files, hard-linked for the call (FileNotFound when one is not the user's)."""
-        if not request.file_ids:
-            yield []
-            return
         pin_dir = self.settings.home / PINS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
         # Without a sandbox (isolation "none") a session reads its inputs at their pinned host paths.
         keep = request.session_id is not None and self.isolation[0] == "none"

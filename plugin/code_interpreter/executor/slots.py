@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
 
 from .results import EventCallback, ExecutionEvent
 
@@ -28,31 +26,9 @@ class Slots:
         self.queued = 0
         """Callers waiting for a slot now."""
 
-    @contextlib.asynccontextmanager
-    async def hold(self, user_id: str) -> AsyncIterator[None]:
-        """Hold one of the slots (and one of the user's) while the body runs."""
-        user_sem = self._user(user_id)
-        self.queued += 1
-        try:
-            await user_sem.acquire()
-            try:
-                await self._all.acquire()
-            except BaseException:
-                user_sem.release()
-                raise
-        except BaseException:
-            self._release_user(user_id)
-            raise
-        finally:
-            self.queued -= 1
-        self.running += 1
-        try:
-            yield
-        finally:
-            self.running -= 1
-            self._all.release()
-            user_sem.release()
-            self._release_user(user_id)
+    def hold(self, user_id: str) -> _Held:
+        """Hold one of the slots (and one of the user's) for the body of ``async with slots.hold(user):``."""
+        return _Held(self, user_id)
 
     def _user(self, user_id: str) -> asyncio.Semaphore:
         sem, refs = self._users.get(user_id, (None, 0))
@@ -67,6 +43,44 @@ class Slots:
             del self._users[user_id]
         else:
             self._users[user_id] = (sem, refs - 1)
+
+
+class _Held:
+    """One slot held (a class, not a generator: every cell enters one)."""
+
+    __slots__ = ("_sem", "_slots", "_user_id")
+
+    def __init__(self, slots: Slots, user_id: str) -> None:
+        self._slots = slots
+        self._user_id = user_id
+        self._sem: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> None:
+        slots, user_id = self._slots, self._user_id
+        user_sem = slots._user(user_id)
+        slots.queued += 1
+        try:
+            await user_sem.acquire()
+            try:
+                await slots._all.acquire()
+            except BaseException:
+                user_sem.release()
+                raise
+        except BaseException:
+            slots._release_user(user_id)
+            raise
+        finally:
+            slots.queued -= 1
+        self._sem = user_sem
+        slots.running += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        slots = self._slots
+        slots.running -= 1
+        slots._all.release()
+        assert self._sem is not None
+        self._sem.release()
+        slots._release_user(self._user_id)
 
 
 async def emit(on_event: EventCallback, event: ExecutionEvent) -> None:
