@@ -33,7 +33,7 @@ from .locks import async_lock, root_lock
 from .pip import pip_install
 from .plan import InstallPlan, plan_installs
 from .record import PackageRecord
-from .runtime import CURRENT_LINK, Runtime, runtime_for
+from .runtime import Runtime, current_target, runtime_for
 
 __all__ = ["ImportScan", "PackageManager", "PrepareResult", "SwapHook"]
 
@@ -145,17 +145,12 @@ class PackageManager:
         return rt
 
     def _still_current(self, rt: Runtime) -> bool:
-        """``current`` still names ``rt``'s generation (a relative link is relative to the root, as in
-        ``current_generation``) and its python exists: a readlink and a stat."""
+        """``current`` still names ``rt``'s generation and its python exists: a readlink and a stat."""
         if self._current is None or self._current[0] is not rt:
-            self._current = (rt, str(rt.root / CURRENT_LINK), os.path.normpath(rt.path), str(rt.python))
-        _, link, path, python = self._current
-        try:
-            target = os.readlink(link)
-        except OSError:
-            return False
-        target = os.path.normpath(os.path.join(os.path.dirname(link), target))
-        return target == path and os.path.exists(python)
+            self._current = (rt, str(rt.root), os.path.normpath(rt.path), str(rt.python))
+        _, root, path, python = self._current
+        target = current_target(root)
+        return target is not None and os.path.normpath(target) == path and os.path.exists(python)
 
     def available_modules(self, runtime: Runtime | None = None) -> frozenset[str]:
         """Top-level modules importable in the runtime: stdlib, site-packages and provided modules."""

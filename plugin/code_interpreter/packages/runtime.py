@@ -42,6 +42,7 @@ __all__ = [
     "Runtime",
     "base_interpreter",
     "current_generation",
+    "current_target",
     "generations",
     "max_generation",
     "runtime_at",
@@ -177,12 +178,18 @@ def runtime_at(gen: Path, settings: Settings | None = None) -> Runtime:
 
 def current_generation(root: Path) -> Path | None:
     """The generation ``root/current`` points at, or None."""
-    link = root / CURRENT_LINK
+    target = current_target(str(root))
+    return None if target is None else Path(target)
+
+
+def current_target(root: str) -> str | None:
+    """:func:`current_generation` on strings (every call checks it: no pathlib): the path ``root/current``
+    points at (a relative link is relative to ``root``), or None."""
     try:
-        target = os.readlink(link)
+        target = os.readlink(os.path.join(root, CURRENT_LINK))
     except OSError:
         return None
-    return (root / target) if not os.path.isabs(target) else Path(target)
+    return target if os.path.isabs(target) else os.path.join(root, target)
 
 
 def generations(root: Path) -> list[Path]:
