@@ -366,7 +366,7 @@ class CodeInterpreter:
             self._owners[(request.user_id, request.session_id)] = owner
             if len(self._owners) > _MAX_OWNERS:
                 del self._owners[next(iter(self._owners))]
-        usage = self.usage.executions.record_measured(
+        usage = ExecutionUsage(
             user_id=owner,
             cpu_seconds=measured.cpu_seconds,
             peak_memory_mb=measured.peak_memory_mb,
@@ -376,8 +376,9 @@ class CodeInterpreter:
             isolation=result.isolation,
             success=result.success,
             measured_by=measured.measured_by,
-        )  # what record_execution does, without building the record twice
-        return result.with_usage(usage)
+        )
+        # What ``usage.record_execution`` does, called without its coroutine (once per call).
+        return result.with_usage(self.usage.executions.record(usage))
 
     async def _record_snapshot(self, user_id: str, session_id: str, size: int) -> None:
         """A session's snapshot was stored: a usage record of its bytes (no tool call asked for it)."""

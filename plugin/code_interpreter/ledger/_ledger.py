@@ -144,33 +144,11 @@ class ExecutionLedger:
     # -- the call path -------------------------------------------------------------------
     def record(self, usage: ExecutionUsage) -> ExecutionUsage:
         """Complete ``usage`` (links, timestamp, cost), buffer it for writing, and return it at once."""
-        now = self._now()
-        return self._buffer(usage.completed(current_link(), now, self.prices, self.storage_hours), now)
-
-    def record_measured(self, **fields: Any) -> ExecutionUsage:
-        """The run path's :meth:`record`: the :class:`ExecutionUsage` of ``fields`` made complete at once
-        (one object, not one and then its completed copy), buffered and returned."""
-        now = self._now()
-        link = current_link()
-        cost = self.prices.cost(
-            cpu_seconds=fields["cpu_seconds"],
-            peak_memory_mb=fields["peak_memory_mb"],
-            wall_seconds=fields["wall_seconds"],
-            stored_bytes=fields.get("stored_bytes", 0),
-            storage_hours=self.storage_hours,
-        )
-        usage = ExecutionUsage(**fields, timestamp=now, cost=cost, tool_call_id=link.tool_call_id or None,
-                               request_id=link.request_id or None)  # fmt: skip
-        return self._buffer(usage, now)
-
-    def _now(self) -> datetime:
         now = self.clock()
-        return now if now.tzinfo else now.replace(tzinfo=UTC)
-
-    def _buffer(self, usage: ExecutionUsage, now: datetime) -> ExecutionUsage:
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        usage = usage.completed(current_link(), now, self.prices, self.storage_hours)
         self._pending.append(usage)
-        day = now.date().isoformat() if usage.timestamp is now and now.tzinfo is UTC else usage.day
-        self._pending_cost[(usage.user_id, day or "")] += usage.cost_usd or 0.0
+        self._pending_cost[(usage.user_id, usage.day or "")] += usage.cost_usd or 0.0
         if len(self._pending) > self.max_pending:
             self._drop(len(self._pending) - self.max_pending)
         if len(self._pending) >= self.flush_every:
