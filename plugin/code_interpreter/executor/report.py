@@ -145,12 +145,8 @@ def measured_usage(usage: object) -> MeasuredUsage | None:
             return None
         numbers.append(max(0.0, float(value)))
     cpu, peak, wall = numbers
-    cpu_source, memory_source = usage.get("cpu_source"), usage.get("memory_source")
-    if cpu_source == memory_source and type(cpu_source) is str and 0 < len(cpu_source) <= 20:
-        by = cpu_source  # the usual case: both from the cgroup, or both from procfs
-    else:
-        sources = {str(cpu_source or "")[:20], str(memory_source or "")[:20]} - {""}
-        by = "+".join(sorted(sources)) or "unknown"
+    sources = {str(usage.get("cpu_source") or "")[:20], str(usage.get("memory_source") or "")[:20]} - {""}
+    by = "+".join(sorted(sources)) or "unknown"
     return MeasuredUsage(round(cpu, 6), round(peak / 2**20, 3), round(wall, 6), by)
 
 

@@ -132,10 +132,10 @@ def _exact(kind: type | tuple[type, ...]) -> frozenset[type]:
     return frozenset(kinds)  # bool is not an int here unless named (JSON true is not a number)
 
 
-# Per op: (field, the exact types that pass at once, required?); a subclass goes through _is.
-_FIELDS: dict[Op, tuple[tuple[str, frozenset[type], bool], ...]] = {
-    op: tuple((n, _exact(k), True) for n, k in shape.required.items())
-    + tuple((n, _exact(k), False) for n, k in shape.optional.items())
+# Per op: (field, its type(s), the exact types that pass at once, required?); a subclass goes through _is.
+_FIELDS: dict[Op, tuple[tuple[str, type | tuple[type, ...], frozenset[type], bool], ...]] = {
+    op: tuple((n, k, _exact(k), True) for n, k in shape.required.items())
+    + tuple((n, k, _exact(k), False) for n, k in shape.optional.items())
     for op, shape in SHAPES.items()
 }
 
@@ -191,11 +191,10 @@ def _check(op: Op, message: Mapping[str, Any], size: int) -> None:
     shape = SHAPES[op]
     if size > shape.max_bytes:
         raise ProtocolError(f"{op.value!r} frame of {size} bytes exceeds its bound of {shape.max_bytes}")
-    for name, exact, required in _FIELDS[op]:
+    for name, kind, exact, required in _FIELDS[op]:
         value = message.get(name)
         if type(value) in exact or (value is None and not required):
             continue  # the common case, decided by the exact type (what JSON gives)
-        kind = (shape.required if required else shape.optional)[name]
         if not _is(value, kind):
             what = "missing or not" if required else "is not"
             raise ProtocolError(f"{op.value!r} frame: field {name!r} {what} {_name(kind)}")
