@@ -127,7 +127,7 @@ _RAISES: dict[str, type[errors.CodeInterpreterError]] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: copied per call by _copies.replaced
 class ExecutionResult:
     """What one execution produced; user errors are data here, never exceptions."""
 

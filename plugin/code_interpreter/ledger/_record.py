@@ -30,7 +30,7 @@ def _new_id() -> str:
     return raw.hex()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: copied per call by _copies.replaced
 class ExecutionUsage:
     """The measured usage of one execution (a one-shot call or a session cell), its links and its cost.
 
