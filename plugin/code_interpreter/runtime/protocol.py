@@ -151,6 +151,10 @@ STATUS_TO_SUPERVISOR = frozenset({Op.READY, Op.SETUP_ERROR, Op.DONE, Op.SNAPSHOT
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _DECODER = json.JSONDecoder()
+#: Each op by its wire name: one dict lookup per frame instead of an enum call (and its exception).
+_OPS: dict[str, Op] = {op.value: op for op in Op}
+#: Each op's size bound, looked up once per frame encoded or decoded.
+_BOUNDS: dict[Op, int] = {op: shape.max_bytes for op, shape in SHAPES.items()}
 
 
 def encode(op: Op, **fields: Any) -> bytes:
@@ -160,7 +164,7 @@ def encode(op: Op, **fields: Any) -> bytes:
     receiving side checks every frame against its shape (:func:`decode`).
     """
     body = _ENCODER.encode({"op": op.value, **fields}).encode("ascii")
-    bound = SHAPES[op].max_bytes
+    bound = _BOUNDS[op]
     if len(body) > bound:
         raise ProtocolError(f"{op.value!r} frame of {len(body)} bytes exceeds its bound of {bound}")
     return HEADER.pack(len(body)) + body
@@ -176,10 +180,10 @@ def decode(body: bytes, accepted: frozenset[Op]) -> Frame:
         raise ProtocolError(f"frame is not JSON ({exc})") from None
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
-    try:
-        op = Op(str(message.get("op")))
-    except ValueError:
-        raise ProtocolError(f"unknown op {str(message.get('op'))[:40]!r}") from None
+    name = message.get("op")
+    op = _OPS.get(name) if type(name) is str else None
+    if op is None:
+        raise ProtocolError(f"unknown op {str(name)[:40]!r}")
     if op not in accepted:
         raise ProtocolError(f"unexpected {op.value!r} here")
     _check(op, message, len(body))
@@ -188,9 +192,9 @@ def decode(body: bytes, accepted: frozenset[Op]) -> Frame:
 
 
 def _check(op: Op, message: Mapping[str, Any], size: int) -> None:
-    shape = SHAPES[op]
-    if size > shape.max_bytes:
-        raise ProtocolError(f"{op.value!r} frame of {size} bytes exceeds its bound of {shape.max_bytes}")
+    bound = _BOUNDS[op]
+    if size > bound:
+        raise ProtocolError(f"{op.value!r} frame of {size} bytes exceeds its bound of {bound}")
     for name, kind, exact, required in _FIELDS[op]:
         value = message.get(name)
         if type(value) in exact or (value is None and not required):
