@@ -150,6 +150,11 @@ class Meter:
         self.pid = pid
         self.cpu_fd = cgroup.dir_fds.get("cpuacct") if cgroup is not None else None
         self.memory_fd = cgroup.dir_fds.get("memory") if cgroup is not None else None
+        # Fixed for the meter's life: said in every cell's figures without a lookup each time.
+        self.cpu_source = "cgroup" if self.cpu_fd is not None else "procfs"
+        self.memory_source = "cgroup" if self.memory_fd is not None else "procfs"
+        self.samples = self.memory_fd is None
+        """Whether the peaks come from sampling the process tree while a cell runs (:meth:`sample_if_due`)."""
         self._cpu_mark: float | None = None  # CPU seconds at the end of the previous cell
         self._started = 0.0
         self._memory_base = 0
@@ -177,23 +182,15 @@ class Meter:
         except OSError:
             return None
 
-    @property
-    def cpu_source(self) -> str:
-        """``cgroup`` or ``procfs``."""
-        return "cgroup" if self.cpu_fd is not None else "procfs"
-
-    @property
-    def memory_source(self) -> str:
-        """``cgroup`` or ``procfs``."""
-        return "cgroup" if self.memory_fd is not None else "procfs"
-
     def reset(self) -> None:
         """Restart the peaks from what is resident now: between cells, once a result is sent (off the next
         cell's path), or by :meth:`begin` when nothing did since the last cell."""
         self._armed = True
         if self.memory_fd is not None:
-            with contextlib.suppress(OSError, KeyError):  # the peak restarts from the usage now
+            try:  # the peak restarts from the usage now (a plain try: no context manager built per cell)
                 os.pwrite(self._counters["memory.max_usage_in_bytes"], b"0", 0)
+            except (OSError, KeyError):
+                pass
             self._memory_base = self._counter("memory.usage_in_bytes") or 0
             return
         self._peaks = {}
@@ -212,9 +209,9 @@ class Meter:
         if not self._armed:
             self.reset()
         self._armed = False
-        if self.memory_fd is None:
-            self._next_sample = time.monotonic() + SAMPLE_S
         self._started = time.monotonic()
+        if self.memory_fd is None:
+            self._next_sample = self._started + SAMPLE_S
 
     def sample_if_due(self, now: float) -> float:
         """Sample the process tree's peaks when it is time; seconds until the next sample (inf: never)."""
