@@ -69,8 +69,9 @@ class HostChannel:
         """The outbox, then one frame and its bytes, within :data:`HOST_WRITE_S` (HostGone otherwise)."""
         deadline = time.monotonic() + HOST_WRITE_S
         try:
-            write_all(self.fd, bytes(self.outbox), deadline)
-            self.outbox.clear()
+            if self.outbox:
+                write_all(self.fd, bytes(self.outbox), deadline)
+                self.outbox.clear()
             write_all(self.fd, encode(op, **fields), deadline)
             for blob in blobs:
                 write_all(self.fd, blob, deadline)
@@ -145,6 +146,9 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
     status = warm.status
     exited = False
     done: tuple[Op, Frame, list[bytes]] | None = None
+    open_fds = warm.open_fds  # the child's stdout/stderr/status pipes still open (one set, updated in place)
+    # Only a procfs meter samples while the cell runs; a cgroup's counters hold the peak themselves.
+    sampling = warm.meter if warm.meter is not None and warm.meter.samples else None
     while done is None and not exited and status.error is None:
         now = time.monotonic()
         if now >= cell.deadline:
@@ -159,11 +163,13 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
             break
         warm.poller.modify(chan.fd, select.POLLIN | (select.POLLOUT if chan.outbox else 0))
         wait = cell.deadline - now
-        if warm.meter is not None:
-            wait = min(wait, warm.meter.sample_if_due(now))
+        if sampling is not None:
+            wait = min(wait, sampling.sample_if_due(now))
         for fd, event in warm.poller.poll(max(1, int(wait * 1000) + 1)):
             if fd == warm.pidfd:
                 exited = True
+            elif fd in open_fds:  # the child's pipes first: they speak in every cell
+                _read(warm, cell, chan, fd)
             elif serve_filter(warm, warm.poller, fd, event):
                 pass
             elif fd == chan.fd:
@@ -204,8 +210,7 @@ def watch_cell(warm: Warm, chan: HostChannel, cell: Cell) -> tuple[Frame, list[b
         # What is in the pipes now is all the output that matters; a namespace's teardown (a fork
         # bomb's hundreds of ms) happens after the result is sent.
         _drain_now(warm, cell, chan)
-    elapsed = time.monotonic() - cell.started
-    header = _header(warm, cell, chan, done, alive, elapsed)
+    header = _header(warm, cell, chan, done, alive)
     if usage is not None:
         header["usage"] = usage
     return header, (done[2] if done is not None else [])
@@ -289,13 +294,11 @@ def _header(
     chan: HostChannel,
     done: tuple[Op, Frame, list[bytes]] | None,
     alive: bool,
-    elapsed: float,
 ) -> Frame:
     out_fd, err_fd = warm.fds["out"], warm.fds["err"]
     status = warm.status
     header: Frame = {
         "status": "ok",
-        "elapsed": elapsed,
         "stdout": cell.outs[out_fd].text(),
         "stderr": cell.outs[err_fd].text(),
         "stdout_dropped": cell.outs[out_fd].dropped,
