@@ -195,14 +195,14 @@ def _cell(warm: Warm, msg: Frame, work: str, runner: inside.CellRunner) -> None:
         if restore:
             notes += runner.restore(read_exact(REQ_FD, restore))
         _cpu_budget(float(msg["timeout"]), runner.keep_state)
-        rc, cell_notes = runner.run(msg["code"], files)
+        rc, cell_notes = runner.run(msg["code"], files)  # it flushes every standard stream at its end
         notes += cell_notes
     except BaseException:  # the runner reports the code's errors itself; this is a last resort
         with contextlib.suppress(BaseException):
             traceback.print_exc()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            stream.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
     try:
         # Stop stray background processes of a one-shot execution, then report. Only as pid 1 of our own
         # PID namespace does kill(-1) mean "every process of this execution"; elsewhere it would hit the host.
