@@ -34,9 +34,29 @@ def _mark_saved(original: Any) -> Any:
     return savefig
 
 
+def _silence_show_warning() -> None:
+    """``filterwarnings`` for Agg's show() warning, without rebuilding the filter when it is already first.
+
+    Each cell calls this twice; filterwarnings compiles (a cache lookup), removes and re-inserts the same
+    entry. When the entry is already at the front, the list would end up unchanged: only the filters'
+    version is bumped, as filterwarnings does (warnings shown once per location show again after it).
+    """
+    filters = warnings.filters
+    if filters and filters[0] is _SHOW_FILTER[0] and _FILTERS_MUTATED is not None:
+        _FILTERS_MUTATED()
+        return
+    warnings.filterwarnings("ignore", message=_SHOW_WARNING, category=UserWarning)
+    _SHOW_FILTER[0] = warnings.filters[0] if warnings.filters else None
+
+
+# The entry filterwarnings put first (compared by identity), and the hook it calls after any change.
+_SHOW_FILTER: list[Any] = [None]
+_FILTERS_MUTATED = getattr(warnings, "_filters_mutated", None)
+
+
 def configure_matplotlib() -> None:
     """Silence Agg's show() warning and track savefig calls; idempotent, a no-op without matplotlib."""
-    warnings.filterwarnings("ignore", message=_SHOW_WARNING, category=UserWarning)
+    _silence_show_warning()
     figure_module = sys.modules.get("matplotlib.figure")
     if figure_module is None:
         return
