@@ -81,6 +81,7 @@ def prepare(ctx: Context, name: str, work_dir: str | None) -> Warm:
             warm.work = os.path.join(cfg.root_dir, sandbox.mounts.WORK_DIR.lstrip("/"))
             _isolate(warm)
         _fork_child(warm)
+        _arm(warm)
         # Bounded from here on: every buffer the supervisor keeps has a size bound; this is the backstop.
         limit = sandbox.limits.current_vm_mb() * MIB + 2 * MAX_FRAME + cfg.max_generated_bytes
         limit += cfg.max_snapshot_bytes + MEMORY_SLACK
@@ -148,6 +149,22 @@ def _fork_child(warm: Warm) -> None:
     os.set_blocking(warm.fds["req"], False)
 
 
+def _arm(warm: Warm) -> None:
+    """What watching the child needs and no request changes — its pidfd, the meter's open counters, the
+    poller of its pipes (and of the seccomp hand-over), the status reader — made while the sandbox is warm,
+    so the execution's first request does not wait for it."""
+    cfg = warm.ctx.config
+    warm.pidfd = os.pidfd_open(warm.pid)
+    warm.meter = Meter(warm.pid, warm.cgroup)
+    warm.poller = select.poll()
+    for fd in (warm.pidfd, warm.fds["out"], warm.fds["err"], warm.fds["st"]):
+        warm.poller.register(fd, select.POLLIN)
+    if warm.listener is not None:  # served wherever the supervisor waits; its hand-over too
+        warm.poller.register(warm.listener.polled(), select.POLLIN)
+    warm.open_fds = {warm.fds["out"], warm.fds["err"], warm.fds["st"]}
+    warm.status = StatusReader(cfg.max_generated_files, cfg.max_generated_bytes, cfg.max_snapshot_bytes)
+
+
 def serve(warm: Warm, ctl: socket.socket) -> NoReturn:
     """Wait for an execution socket from the zygote, run what the host asks over it; never returns."""
     try:
@@ -197,20 +214,11 @@ def _receive(ctl: socket.socket) -> int:
 
 
 def _run(warm: Warm, chan: HostChannel, keep_state: bool) -> None:
-    cfg = warm.ctx.config
     chan.send(Op.STARTED, version=PROTOCOL_VERSION, supervisor_pid=os.getpid(), child_pid=warm.pid)
     if warm.error is not None:
         chan.send(Op.RESULT, status="setup_error", error=warm.error, alive=False, files=[], notes=[])
         return
-    warm.pidfd = os.pidfd_open(warm.pid)
-    warm.meter = Meter(warm.pid, warm.cgroup)
-    warm.poller = select.poll()
-    for fd in (warm.pidfd, warm.fds["out"], warm.fds["err"], warm.fds["st"], chan.fd):
-        warm.poller.register(fd, select.POLLIN)
-    if warm.listener is not None:  # served wherever the supervisor waits; its hand-over too
-        warm.poller.register(warm.listener.polled(), select.POLLIN)
-    warm.open_fds = {warm.fds["out"], warm.fds["err"], warm.fds["st"]}
-    warm.status = StatusReader(cfg.max_generated_files, cfg.max_generated_bytes, cfg.max_snapshot_bytes)
+    warm.poller.register(chan.fd, select.POLLIN)  # the rest was armed while warm (_arm)
     while True:
         request = _idle(warm, chan)
         if request is None or request["op"] == Op.CLOSE:

@@ -18,6 +18,7 @@ CONTROLLERS = ("memory", "pids", "cpuacct")
 LIMITS = ("memory", "pids")
 """The controllers that limit (reported as layers); ``cpuacct`` only counts."""
 BASE_PREFIX = "code-interpreter-"
+_OOM_FILES = ("memory.oom_control", "memory.failcnt")
 
 
 def _own_path(controller: str) -> str | None:
@@ -129,6 +130,19 @@ def _procs(path: str) -> list[int]:
     return pids
 
 
+def _open_all(names: tuple[str, ...], dir_fd: int) -> list[int]:
+    """Every one of ``names`` open for reading, or none (an empty list) when one cannot be opened."""
+    fds: list[int] = []
+    try:
+        for name in names:
+            fds.append(os.open(name, os.O_RDONLY, dir_fd=dir_fd))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        return []
+    return fds
+
+
 class ExecCgroup:
     """The cgroups of one execution: created by the supervisor, joined by the child before the uid drop."""
 
@@ -137,6 +151,8 @@ class ExecCgroup:
         self.procs_fds: list[int] = []
         self.dir_fds: dict[str, int] = {}
         """Open directories of the controllers read later (``memory``, ``cpuacct``), by controller."""
+        self._oom_fds: list[int] = []
+        """``memory.oom_control`` and ``memory.failcnt``, open from the start (read as each one-shot ends)."""
         for ctrl, base in bases.items():
             path = os.path.join(base, name)
             try:
@@ -151,6 +167,8 @@ class ExecCgroup:
                     _write(os.path.join(path, "pids.max"), str(max_pids))
                 if ctrl != "pids":
                     self.dir_fds[ctrl] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+                if ctrl == "memory":
+                    self._oom_fds = _open_all(_OOM_FILES, self.dir_fds[ctrl])
                 self.procs_fds.append(os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY))
             except OSError:
                 # A controller we cannot configure is dropped rather than half-applied.
@@ -158,6 +176,10 @@ class ExecCgroup:
                 opened = self.dir_fds.pop(ctrl, None)
                 if opened is not None:
                     os.close(opened)
+                if ctrl == "memory":
+                    for fd in self._oom_fds:
+                        os.close(fd)
+                    self._oom_fds = []
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
 
@@ -189,30 +211,34 @@ class ExecCgroup:
         if self.memory_fd is None:
             return False
         try:
-            fd = os.open("memory.oom_control", os.O_RDONLY, dir_fd=self.memory_fd)
-            try:
-                text = os.read(fd, 4096).decode()
-            finally:
-                os.close(fd)
+            text = self._read_memory(0, 4096).decode()
             for line in text.splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill" and value.strip() != "0":
                     return True
-            fd = os.open("memory.failcnt", os.O_RDONLY, dir_fd=self.memory_fd)
-            try:
-                return int(os.read(fd, 64) or b"0") > 0
-            finally:
-                os.close(fd)
+            return int(self._read_memory(1, 64) or b"0") > 0
         except (OSError, ValueError):
             return False
+
+    def _read_memory(self, which: int, size: int) -> bytes:
+        """One of :data:`_OOM_FILES` read whole: from its open fd, or opened for this read."""
+        if self._oom_fds:
+            return os.pread(self._oom_fds[which], size, 0)
+        assert self.memory_fd is not None
+        fd = os.open(_OOM_FILES[which], os.O_RDONLY, dir_fd=self.memory_fd)
+        try:
+            return os.read(fd, size)
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         """Remove the execution's cgroups (every process in them is gone by now)."""
         self.close_fds()
-        for fd in self.dir_fds.values():
+        for fd in (*self.dir_fds.values(), *self._oom_fds):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.dir_fds = {}
+        self._oom_fds = []
         for path in self.dirs.values():
             remove_tree(path)
         self.dirs = {}
