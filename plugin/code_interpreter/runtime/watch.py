@@ -273,19 +273,23 @@ def _read(warm: Warm, cell: Cell, chan: HostChannel, fd: int) -> None:
 
 
 def _drain_now(warm: Warm, cell: Cell, chan: HostChannel) -> None:
-    for fd in list(cell.outs):
-        if fd not in warm.open_fds:
-            continue
-        os.set_blocking(fd, False)
-        try:
-            while fd in warm.open_fds:
-                try:
-                    _read(warm, cell, chan, fd)
-                except BlockingIOError:
-                    break
-        finally:
-            if fd in warm.open_fds:
-                os.set_blocking(fd, True)
+    """Read what the output pipes hold now: one ``poll`` and no read when they are empty (the common case:
+    the watch loop read them as they spoke), never a wait. Bounded by :data:`DRAIN_S` against a writer
+    that outruns the reads (a session's background thread)."""
+    pipes = select.poll()
+    outs = [fd for fd in cell.outs if fd in warm.open_fds]
+    for fd in outs:
+        pipes.register(fd, select.POLLIN)
+    until = time.monotonic() + DRAIN_S
+    while outs and time.monotonic() < until:
+        ready = pipes.poll(0)
+        if not ready:
+            return
+        for fd, _event in ready:
+            _read(warm, cell, chan, fd)  # it has data, or is at its end (then closed and forgotten)
+            if fd not in warm.open_fds:
+                pipes.unregister(fd)
+                outs.remove(fd)
 
 
 def _header(
