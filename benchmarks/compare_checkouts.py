@@ -1,13 +1,14 @@
 """Two checkouts of this project side by side in one run: the headline calls, interleaved.
 
-    python -m benchmarks.compare_checkouts OLD_CHECKOUT NEW_CHECKOUT [--n 200]
+    python -m benchmarks.compare_checkouts OLD_CHECKOUT NEW_CHECKOUT [--n 200] [--runs 1]
 
 Each checkout's code runs in a process of its own (``PYTHONPATH=<checkout>/plugin``; the dependencies are
 this environment's), with its own home, on one database and the shared sandbox runtime. The parent sends
 the same calls to both in alternation, so both see the same machine at the same moments; each call is
 timed inside its process (``CodeInterpreter.execute``, end to end: policy, import scan, the sandbox,
 generated files stored), not the pipe around it. It prints median and p95 per call and the ratio of the
-second checkout to the first.
+second checkout to the first. With ``--runs K`` it does all that K times, each run with processes of its
+own, then gives per job the ratio's median and range over the runs.
 """
 
 from __future__ import annotations
@@ -113,17 +114,45 @@ async def compare(old: Path, new: Path, n: int) -> list[list[Any]]:
     return rows
 
 
+def _table(rows: list[list[Any]]) -> None:
+    print("| job | checkout | n | median ms | p95 ms | ratio to the first |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+
+
+def _summary(runs: list[list[list[Any]]]) -> None:
+    """Per job: the second checkout's ratio in each run, their median and range."""
+    print("| job | ratio in each run | median ratio | range |")
+    print("|---|---|---|---|")
+    for job in dict.fromkeys(row[0] for row in runs[0]):
+        ratios = [float(row[5]) for rows in runs for row in rows[1::2] if row[0] == job]
+        each = " ".join(f"{r:.3f}" for r in ratios)
+        print(f"| {job} | {each} | {statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
     parser.add_argument("--n", type=int, default=200, help="calls per job and checkout (200)")
+    parser.add_argument(
+        "--runs", type=int, default=1,
+        help="whole comparisons, each with processes of its own (1); with more, each run's table, then "
+        "per job the ratio's median and range over the runs (a shared machine drifts between runs)",
+    )  # fmt: skip
     args = parser.parse_args()
-    rows = asyncio.run(compare(args.old.resolve(), args.new.resolve(), args.n))
-    print("| job | checkout | n | median ms | p95 ms | ratio to the first |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
+    if args.n < 1 or args.runs < 1:
+        parser.error("--n and --runs must be at least 1")
+    runs = []
+    for i in range(args.runs):
+        if args.runs > 1:
+            print(f"run {i + 1} of {args.runs}", file=sys.stderr, flush=True)
+        runs.append(asyncio.run(compare(args.old.resolve(), args.new.resolve(), args.n)))
+        _table(runs[-1])
+    if args.runs > 1:
+        print()
+        _summary(runs)
 
 
 if __name__ == "__main__":
