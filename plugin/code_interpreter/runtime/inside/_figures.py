@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import warnings
 from typing import Any
@@ -41,16 +42,15 @@ def _silence_show_warning() -> None:
     entry. When the entry is already at the front, the list would end up unchanged: only the filters'
     version is bumped, as filterwarnings does (warnings shown once per location show again after it).
     """
-    filters = warnings.filters
-    if filters and filters[0] is _SHOW_FILTER[0] and _FILTERS_MUTATED is not None:
+    if _FILTERS_MUTATED is not None and warnings.filters and warnings.filters[0] == _SHOW_FILTER:
         _FILTERS_MUTATED()
         return
     warnings.filterwarnings("ignore", message=_SHOW_WARNING, category=UserWarning)
-    _SHOW_FILTER[0] = warnings.filters[0] if warnings.filters else None
 
 
-# The entry filterwarnings put first (compared by identity), and the hook it calls after any change.
-_SHOW_FILTER: list[Any] = [None]
+# The entry filterwarnings puts first (patterns compare by their text and flags), and the hook it calls
+# after any change (a private function: without it, filterwarnings every time).
+_SHOW_FILTER = ("ignore", re.compile(_SHOW_WARNING, re.I), UserWarning, None, 0)
 _FILTERS_MUTATED = getattr(warnings, "_filters_mutated", None)
 
 

@@ -207,29 +207,19 @@ class ExecCgroup:
         self.procs_fds = []
 
     def oom_killed(self) -> bool:
-        """True when the memory controller killed a process of this execution."""
-        if self.memory_fd is None:
+        """True when the memory controller killed a process of this execution (False when its counters
+        could not be opened or read)."""
+        if len(self._oom_fds) != len(_OOM_FILES):
             return False
+        oom_control, failcnt = self._oom_fds
         try:
-            text = self._read_memory(0, 4096).decode()
-            for line in text.splitlines():
+            for line in os.pread(oom_control, 4096, 0).decode().splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill" and value.strip() != "0":
                     return True
-            return int(self._read_memory(1, 64) or b"0") > 0
+            return int(os.pread(failcnt, 64, 0) or b"0") > 0
         except (OSError, ValueError):
             return False
-
-    def _read_memory(self, which: int, size: int) -> bytes:
-        """One of :data:`_OOM_FILES` read whole: from its open fd, or opened for this read."""
-        if self._oom_fds:
-            return os.pread(self._oom_fds[which], size, 0)
-        assert self.memory_fd is not None
-        fd = os.open(_OOM_FILES[which], os.O_RDONLY, dir_fd=self.memory_fd)
-        try:
-            return os.read(fd, size)
-        finally:
-            os.close(fd)
 
     def remove(self) -> None:
         """Remove the execution's cgroups (every process in them is gone by now)."""
